@@ -1,0 +1,1 @@
+"""Flax NNX models. The only part of jaxlab that imports flax."""

@@ -1,0 +1,72 @@
+"""Mesh helpers, and the train step on a batch sharded over 4 CPU devices."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlab import parallel
+
+# Runs in a fresh process: the device count is fixed when JAX starts.
+_SCRIPT = textwrap.dedent("""
+    import json, jax, jax.numpy as jnp, jax.random as jr, numpy as np, optax
+    from flax import nnx
+    from jaxlab import data, parallel, train
+    from jaxlab.nn.mlp import MLP
+    x, y = data.load_digits()
+    x = x.reshape(len(x), -1)
+    def loss_fn(m, batch, key):
+        xb, yb = batch
+        return optax.softmax_cross_entropy_with_integer_labels(m(xb), yb).mean(), {}
+    out = {"devices": jax.device_count()}
+    for name, mesh in [("single", None), ("sharded", parallel.make_mesh())]:
+        model = MLP((64, 32, 10), rngs=nnx.Rngs(0))
+        res = train.fit(jr.key(1), model, optax.adam(1e-2), loss_fn,
+                        data.Batcher(jr.key(2), (x, y), 64), num_steps=20,
+                        log_every=5, mesh=mesh)
+        out[name] = [h["loss"] for h in res.history]
+        if mesh is not None:
+            batch = parallel.shard_batch(x[:64], mesh)
+            out["batch_shards"] = len(batch.addressable_shards)
+            w = res.state.params["layers"][0]["kernel"]
+            out["params_replicated"] = w.sharding.is_fully_replicated
+    print(json.dumps(out))
+""")
+
+
+def test_train_step_on_4_sharded_devices_matches_one_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu", "JAXLAB_PROGRESS": "0"}
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4 and out["batch_shards"] == 4
+    assert out["params_replicated"]
+    # same math, different reduction order across devices: float32 round-off only
+    np.testing.assert_allclose(out["sharded"], out["single"], rtol=1e-5, atol=1e-5)
+
+
+def test_make_mesh_and_placement():
+    mesh = parallel.make_mesh()
+    assert mesh.axis_names == ("data",) and mesh.size == jax.device_count()
+    x = parallel.shard_batch(np.ones((4 * mesh.size, 3)), mesh)
+    assert x.shape == (4 * mesh.size, 3)
+    r = parallel.replicate({"w": np.ones(3)}, mesh)
+    assert r["w"].sharding.is_fully_replicated
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_devices"):
+        parallel.make_mesh(jax.device_count() + 1)
+    mesh = parallel.make_mesh()
+    if mesh.size > 1:
+        with pytest.raises(ValueError, match="divisible"):
+            parallel.shard_batch(np.ones((mesh.size + 1, 2)), mesh)
+    with pytest.raises(ValueError, match="divisible"):
+        parallel.shard_batch(np.float32(1.0), mesh)

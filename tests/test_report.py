@@ -1,0 +1,33 @@
+"""Report writing."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from jaxlab.report import Report, markdown_table  # noqa: E402
+
+
+def test_report_files(tmp_path):
+    rep = Report("demo", tmp_path)
+    rep.text("hello")
+    rep.table(["a", "b"], [[1, 0.123456], ["x", jnp.float32(2.5)]], caption="T")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    rep.figure(fig, "curve", "a line")
+    out = rep.write({"acc": np.float32(0.5), "arr": jnp.arange(3), "bad": float("nan")})
+    assert json.loads((tmp_path / "results.json").read_text()) == out
+    assert out == {"acc": 0.5, "arr": [0, 1, 2], "bad": "nan"}
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# demo") and "| 1 | 0.1235 |" in md and "![a line](curve.png)" in md
+    assert (tmp_path / "curve.png").exists()
+
+
+def test_table_rejects_ragged_rows():
+    with pytest.raises(ValueError, match="row 0"):
+        markdown_table(["a", "b"], [[1]])
