@@ -1,8 +1,14 @@
 """The ``jaxlab`` command: list, run and reproduce experiments.
 
     jaxlab list
-    jaxlab run NAME [--quick] [--set key=value ...] [--out DIR]
-    jaxlab reproduce [--quick] [--out DIR]
+    jaxlab run NAME [--quick] [--set key=value ...] [--out DIR] [--distributed]
+    jaxlab reproduce [--quick] [--out DIR] [--distributed]
+
+``--set mesh=N`` (or ``data=N``, ``all``) is accepted by every experiment: it
+runs the shared train loop data-parallel over N devices. ``--distributed``
+joins a multi-process job first (``jax.distributed.initialize``; see
+:func:`jaxlab.parallel.initialize_distributed` for the environment variables);
+process 0 writes to ``--out``, process k > 0 to ``--out/process_k``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "distributed", False):
+            from . import parallel
+
+            parallel.initialize_distributed()
+            parallel.set_default_mesh(parallel.make_mesh())  # all processes' devices
+            args.out = _process_out(args.out)
         if args.command == "list":
             for name in experiments.names():
                 print(f"{name:14s} {experiments.describe(name)}")
@@ -45,7 +57,17 @@ def run_experiment(name: str, *, quick: bool = False, overrides=(), out=DEFAULT_
     """Run one experiment into ``out/NAME`` and return its results."""
     module = experiments.load(name)
     config = module.Config.quick() if quick else module.Config.full()
-    config = experiments.apply_overrides(config, list(overrides or []))
+    overrides = list(overrides or [])
+    mesh_specs = [o.partition("=")[2] for o in overrides if o.partition("=")[0].strip() == "mesh"]
+    overrides = [o for o in overrides if o.partition("=")[0].strip() != "mesh"]
+    config = experiments.apply_overrides(config, overrides)
+    if mesh_specs:
+        from . import parallel
+
+        try:
+            parallel.set_default_mesh(parallel.mesh_from_spec(mesh_specs[-1]))
+        except ValueError as err:
+            raise experiments.ConfigError(str(err)) from None
     out_dir = pathlib.Path(out) / name
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
@@ -96,6 +118,14 @@ def reproduce(*, quick: bool = False, out=DEFAULT_OUT) -> int:
     return 1 if failed else 0
 
 
+def _process_out(out):
+    """Process 0 writes to ``out``; process k > 0 to ``out/process_k``."""
+    import jax
+
+    k = jax.process_index()
+    return out if k == 0 else str(pathlib.Path(out) / f"process_{k}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,9 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("name")
     run.add_argument("--quick", action="store_true", help="CPU-minutes preset")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a Config field (repeatable)")
+                     help="override a Config field (repeatable); mesh=N runs data-parallel")
     run.add_argument("--out", default=DEFAULT_OUT, help="output root (default: runs)")
+    run.add_argument("--distributed", action="store_true",
+                     help="join a multi-process job (jax.distributed.initialize)")
     rep = sub.add_parser("reproduce", help="run every experiment and write an index")
     rep.add_argument("--quick", action="store_true")
     rep.add_argument("--out", default=DEFAULT_OUT)
+    rep.add_argument("--distributed", action="store_true")
     return parser

@@ -168,6 +168,8 @@ def fit(
         eval_every: period of ``eval_fn`` (default: ``log_every``).
         mesh: optional device mesh: the batch is sharded along its leading
             axis and the state replicated (see :mod:`jaxlab.parallel`).
+            Default: :func:`jaxlab.parallel.default_mesh` (set by
+            ``jaxlab run ... --set mesh=N``), else a single device.
 
     Returns:
         :class:`FitResult` with the trained model, the history (a list of dicts
@@ -188,9 +190,10 @@ def fit(
         found = latest_checkpoint(ckpt_root)
         if found is not None:
             state, history = restore_checkpoint(found, state)
-    if mesh is not None:
-        from . import parallel
+    from . import parallel
 
+    mesh = mesh if mesh is not None else parallel.default_mesh()
+    if mesh is not None:
         state = parallel.replicate(state, mesh)
 
     train_step = make_train_step(graphdef, loss_fn, optimizer, trainable)
@@ -244,15 +247,13 @@ def save_checkpoint(root: str | os.PathLike, state: TrainState, history: list,
     a valid manifest is never taken for a finished one. Older checkpoints
     beyond the newest ``keep`` are deleted only after the new one is sealed.
     """
-    import orbax.checkpoint as ocp
-
     root = pathlib.Path(root).absolute()
     root.mkdir(parents=True, exist_ok=True)
     step = int(state.step)
     path = root / f"step_{step:08d}"
     if path.exists():  # a leftover from a crash before sealing; replace it
         shutil.rmtree(path)
-    checkpointer = ocp.StandardCheckpointer()
+    checkpointer = _checkpointer()
     checkpointer.save(path, {"leaves": _pack(state)})
     checkpointer.wait_until_finished()
     (path / "history.json").write_text(json.dumps(history))
@@ -282,8 +283,6 @@ def restore_checkpoint(path: str | os.PathLike, like: TrainState) -> tuple[Train
         CheckpointError: the manifest is missing or does not match the files,
             or the saved arrays do not fit ``like`` (another model/optimizer).
     """
-    import orbax.checkpoint as ocp
-
     path = pathlib.Path(path).absolute()
     manifest_path = path / _MANIFEST
     if not manifest_path.exists():
@@ -306,7 +305,7 @@ def restore_checkpoint(path: str | os.PathLike, like: TrainState) -> tuple[Train
     leaves_like, treedef = jax.tree.flatten(like)
     template = {"leaves": [_abstract(x) for x in leaves_like]}
     try:
-        restored = ocp.StandardCheckpointer().restore(path, template)
+        restored = _checkpointer().restore(path, template)
     except Exception as err:  # orbax raises many types for shape/structure mismatch
         raise CheckpointError(
             f"checkpoint {path} does not fit this model/optimizer: {err}"
@@ -314,6 +313,23 @@ def restore_checkpoint(path: str | os.PathLike, like: TrainState) -> tuple[Train
     leaves = [_unpack(saved, ref) for saved, ref in zip(restored["leaves"], leaves_like)]
     history = json.loads((path / "history.json").read_text())
     return jax.tree.unflatten(treedef, leaves), history
+
+
+def _checkpointer():
+    """An orbax checkpointer; in a multi-process job each process saves its own copy.
+
+    Every process holds the whole (replicated) state and writes to its own
+    output folder, so no cross-process barrier is needed.
+    """
+    import orbax.checkpoint as ocp
+
+    if jax.process_count() == 1:
+        return ocp.StandardCheckpointer()
+    me = jax.process_index()
+    options = ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"jaxlab{me}"
+    )
+    return ocp.StandardCheckpointer(multiprocessing_options=options)
 
 
 def _pack(state: TrainState) -> list:

@@ -70,3 +70,60 @@ def test_bad_arguments():
             parallel.shard_batch(np.ones((mesh.size + 1, 2)), mesh)
     with pytest.raises(ValueError, match="divisible"):
         parallel.shard_batch(np.float32(1.0), mesh)
+
+
+def test_mesh_spec_and_default_mesh():
+    assert parallel.mesh_from_spec("1").size == 1
+    assert parallel.mesh_from_spec("data=1").size == 1
+    assert parallel.mesh_from_spec("all").size == jax.device_count()
+    with pytest.raises(ValueError, match="device count"):
+        parallel.mesh_from_spec("lots")
+    mesh = parallel.make_mesh(1)
+    assert parallel.default_mesh() is None
+    with parallel.use_mesh(mesh):
+        assert parallel.default_mesh() is mesh
+    assert parallel.default_mesh() is None
+
+
+def test_cli_mesh_override_is_validated(capsys):
+    from jaxlab import cli
+
+    assert cli.main(["run", "sanity", "--set", f"mesh={jax.device_count() + 1}"]) == 2
+    assert "num_devices must be in" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path):
+    """`jaxlab run --distributed` in 2 local CPU processes = the 1-process run."""
+    base = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXLAB_PROGRESS": "0"}
+    args = ["-m", "jaxlab", "run", "sanity", "--quick", "--set", "steps=20",
+            "--set", "ckpt_every=10"]
+    dist = {**base, "JAXLAB_COORDINATOR": f"127.0.0.1:{_free_port()}",
+            "JAXLAB_NUM_PROCESSES": "2"}
+    procs = [subprocess.Popen([sys.executable, *args, "--distributed", "--out",
+                               str(tmp_path / "dist")],
+                              env={**dist, "JAXLAB_PROCESS_ID": str(k)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(2)]
+    single = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")],
+                            env=base, capture_output=True, text=True, timeout=240)
+    for proc in procs:
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-2000:]
+    assert single.returncode == 0, single.stderr[-2000:]
+
+    def losses(path):
+        return [h["loss"] for h in json.loads(path.read_text())["history"]]
+
+    one = losses(tmp_path / "one" / "sanity" / "results.json")
+    p0 = losses(tmp_path / "dist" / "sanity" / "results.json")
+    p1 = losses(tmp_path / "dist" / "process_1" / "sanity" / "results.json")
+    assert p0 == p1  # both processes hold the same replicated state
+    np.testing.assert_allclose(p0, one, rtol=1e-5, atol=1e-6)
