@@ -1,0 +1,678 @@
+"""Ladder Side-Tuning vs full FT, adapters, LoRA, BitFit on MiniLM (Rotten Tomatoes).
+
+Source: Sung, Cho & Bansal, "LST: Ladder Side-Tuning for Parameter and Memory
+Efficient Transfer Learning", NeurIPS 2022 (arXiv 2206.06522); see
+``reference/ladder.md``. Backbone: pretrained all-MiniLM-L6-v2 (22.7M params,
+``jaxlab.nn.bert``); task: Rotten Tomatoes critic snippets, fresh vs rotten
+(Pang & Lee 2004), split by movie into train/dev/test (no movie in two splits).
+
+Methods: linear probe on the frozen encoder, LST with Fisher-pruning init and
+with random init (r = 8, ladders on all 6 layers, gates μ = σ(α/0.1)), full
+fine-tuning, bottleneck adapters, LoRA (q, v) and BitFit, each for 3 seeds.
+Reported: test/dev accuracy (mean ± std over seeds), trainable %, the XLA
+memory of the (uncached) train step at batch × max_length and its ratio to full
+fine-tuning, and the median step time. LST and the probe train on backbone
+states cached once (the backbone is frozen, so this changes no gradient); the
+uncached LST step is compiled and timed separately for the memory/time columns.
+
+Baselines that backpropagate through the backbone start from the trained probe
+head (LP-FT, Kumar et al., ICLR 2022; ``baseline_head="random"`` turns it off).
+
+Expected: LST memory ≈ 0.31× full FT and step time ≈ 0.3–0.4× (paper: 0.31×);
+adapters/LoRA/BitFit ≈ 0.5× memory on this CPU. ``reference/data.md`` §4 quotes
+a probe of 0.78 on a random snippet split with 1,536 training examples; split by
+movie with 1,024 (quick) the probe reaches ≈ 0.73 (scikit-learn logistic
+regression on the same features: 0.727 at best C), and LST ≈ 0.74. Runtime:
+quick ≈ 980 CPU-seconds, i.e. ≈ 9–11 min on an idle 2-core CPU (51 min wall on
+the shared machine at load ≈ 11); full ≈ 3 h on 2 idle cores.
+
+Run: ``jaxlab run ladder --quick``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxlab import data, ladder, train
+from jaxlab.nn import bert, peft
+from jaxlab.report import Report
+
+ALL_METHODS = ("probe", "lst_prune", "lst_random", "full", "adapter", "lora", "bitfit")
+LABELS = {
+    "probe": "linear probe",
+    "lst_prune": "LST (Fisher-pruning init)",
+    "lst_random": "LST (random init)",
+    "full": "full fine-tuning",
+    "adapter": "adapters",
+    "lora": "LoRA",
+    "bitfit": "BitFit",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = 0  # split/subsample seed; training seeds are seed, seed+1, ...
+    num_seeds: int = 3
+    methods: tuple[str, ...] = ALL_METHODS
+    split: tuple[float, ...] = (0.7, 0.1, 0.2)  # train/dev/test movies
+    train_size: int = 0  # examples per split after the movie split; 0 = all
+    dev_size: int = 0
+    test_size: int = 0
+    max_length: int = 64
+    batch_size: int = 32
+    epochs: float = 3.0  # full FT, adapters, LoRA, BitFit
+    lst_epochs: float = 10.0
+    probe_epochs: float = 20.0
+    lr_full: float = 5e-5
+    lr_adapter: float = 1e-3
+    lr_lora: float = 1e-3
+    lr_bitfit: float = 2e-3
+    lr_lst: float = 3e-3  # official GLUE scripts
+    lr_probe: float = 1e-2
+    baseline_head: str = "probe"  # "probe" (LP-FT) or "random" for full/adapter/...
+    warmup: float = 0.1  # fraction of steps with linear warm-up, then linear decay
+    reduction: int = 8
+    side_layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    lora_rank: int = 8
+    adapter_bottleneck: int = 32
+    fisher_examples: int = 1024
+    cache_taps: bool = True
+    eval_batch: int = 64
+    timing_steps: int = 5
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(
+            train_size=1024,
+            dev_size=256,
+            test_size=512,
+            max_length=48,
+            epochs=1.0,
+            lst_epochs=5.0,
+            lr_full=1e-4,
+            fisher_examples=64,
+            timing_steps=3,
+        )
+
+    @classmethod
+    def full(cls) -> Config:
+        return cls()
+
+
+def run(config: Config, out_dir: pathlib.Path) -> dict:
+    _validate(config)
+    t_start = time.perf_counter()
+    key = jr.key(config.seed)
+    split_key, sub_key, train_key = jr.split(key, 3)
+
+    # ---------------------------------------------------------------- data
+    splits, split_info = _movie_split(split_key, sub_key, config)
+    minilm = bert.load_minilm()
+    weights = bert.load_weights()
+    for part in splits.values():
+        ids, mask = minilm.tokenize(
+            part["text"], max_length=config.max_length, length=config.max_length
+        )
+        part.update(input_ids=ids, attention_mask=mask)
+    truncated = float(np.mean(splits["train"]["attention_mask"][:, -1]))
+
+    def fresh(method, seed_key):
+        backbone = bert.bert_from_weights(weights)
+        return peft.make_model(
+            "lst" if method.startswith("lst") else method,
+            backbone,
+            num_classes=2,
+            rngs=nnx.Rngs(params=seed_key),
+            lora_rank=config.lora_rank,
+            adapter_bottleneck=config.adapter_bottleneck,
+            reduction=config.reduction,
+            side_layers=config.side_layers,
+        )
+
+    # Frozen-backbone states, computed once (LST ladders + probe features).
+    needs_cache = any(m.startswith("lst") or m == "probe" for m in config.methods)
+    t0 = time.perf_counter()
+    if needs_cache:
+        tapper = fresh("lst_random", jr.key(0))
+        for part in splits.values():
+            taps, pooled = peft.cache_taps(
+                tapper,
+                part["input_ids"],
+                part["attention_mask"],
+                batch_size=config.eval_batch,
+            )
+            part["features"] = pooled
+            if config.cache_taps:
+                part["taps"] = taps
+    cache_s = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------- train
+    results, curves, fisher_info = {}, {}, {}
+    probe_heads = None  # per-seed trained probe heads
+    for method in config.methods:
+        out = _run_method(
+            method, config, splits, fresh, train_key, probe_heads, fisher_info
+        )
+        results[method], curves[method] = out["summary"], out["curve"]
+        if method == "probe":
+            probe_heads = out["heads"]
+        print(
+            f"[ladder] {method}: test acc {results[method]['test_acc_mean']:.4f} "
+            f"± {results[method]['test_acc_std']:.4f}",
+            flush=True,
+        )
+
+    # ---------------------------------------------------------------- ratios
+    ref = results.get("full")
+    for row in results.values():
+        row["memory_ratio"] = row["memory_bytes"] / ref["memory_bytes"] if ref else None
+        row["time_ratio"] = row["step_ms"] / ref["step_ms"] if ref else None
+    wall = time.perf_counter() - t_start
+    verdict = _verdict(results)
+    summary = {
+        "config": dataclasses.asdict(config),
+        "split": split_info,
+        "truncated_fraction_train": truncated,
+        "cache_seconds": cache_s,
+        "fisher": fisher_info,
+        "methods": results,
+        "verdict": verdict,
+        "wall_seconds": wall,
+        "load_avg_1min_at_end": os.getloadavg()[0],
+        "platform": jax.devices()[0].platform,
+        "cores": os.cpu_count(),
+        "jax_version": jax.__version__,
+    }
+    return _write(out_dir, config, summary, curves)
+
+
+# ----------------------------------------------------------------------------
+# Pieces
+# ----------------------------------------------------------------------------
+
+
+def _validate(config: Config) -> None:
+    bad = [m for m in config.methods if m not in ALL_METHODS]
+    if bad or not config.methods:
+        raise ValueError(f"methods={config.methods!r}; allowed: {ALL_METHODS}.")
+    if "lst_prune" in config.methods and "probe" in config.methods:
+        if config.methods.index("probe") > config.methods.index("lst_prune"):
+            raise ValueError(
+                "methods: 'probe' must come before 'lst_prune' (its head defines "
+                "the Fisher loss)."
+            )
+    if len(config.split) != 3:
+        raise ValueError(
+            f"split={config.split!r}; need three fractions (train, dev, test)."
+        )
+    if config.num_seeds < 1:
+        raise ValueError(f"num_seeds={config.num_seeds!r}; must be ≥ 1.")
+    for name in ("epochs", "lst_epochs", "probe_epochs"):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name}={getattr(config, name)!r}; must be > 0.")
+    if config.baseline_head not in ("probe", "random"):
+        raise ValueError(
+            f"baseline_head={config.baseline_head!r}; allowed: 'probe', 'random'."
+        )
+    if config.fisher_examples < 1:
+        raise ValueError(f"fisher_examples={config.fisher_examples!r}; must be ≥ 1.")
+
+
+def _movie_split(split_key, sub_key, config):
+    df = data.load_rotten_tomatoes()
+    movies = np.unique(df["movie"].to_numpy())
+    parts = data.split(split_key, len(movies), config.split)
+    names = ("train", "dev", "test")
+    sizes = (config.train_size, config.dev_size, config.test_size)
+    out, info = {}, {}
+    movie_col = df["movie"].to_numpy()
+    for i, (name, idx, size) in enumerate(zip(names, parts, sizes, strict=True)):
+        rows = np.flatnonzero(np.isin(movie_col, movies[idx]))
+        total = len(rows)
+        if 0 < size < len(rows):
+            perm = np.asarray(jr.permutation(jr.fold_in(sub_key, i), len(rows)))
+            rows = np.sort(rows[perm[:size]])
+        out[name] = {
+            "text": df["text"].to_numpy()[rows].tolist(),
+            "label": df["label"].to_numpy()[rows].astype(np.int32),
+            "movie": movie_col[rows],
+        }
+        info[name] = {
+            "movies": int(len(idx)),
+            "examples_in_split": int(total),
+            "examples_used": int(len(rows)),
+            "fresh_fraction": float(np.mean(out[name]["label"])),
+        }
+    seen = [set(out[n]["movie"]) for n in names]
+    overlap = len(seen[0] & seen[1]) + len(seen[0] & seen[2]) + len(seen[1] & seen[2])
+    if overlap:
+        raise RuntimeError(f"movie split leaked {overlap} movies across splits")
+    info["movies_shared_between_splits"] = overlap
+    return out, info
+
+
+def _inputs(method, part, config):
+    """The batch fields a method trains/evaluates on."""
+    base = {"label": part["label"]}
+    if method == "probe":
+        return {**base, "features": part["features"]}
+    if method.startswith("lst") and "taps" in part:
+        return {**base, "taps": part["taps"], "attention_mask": part["attention_mask"]}
+    return {
+        **base,
+        "input_ids": part["input_ids"],
+        "attention_mask": part["attention_mask"],
+    }
+
+
+def _optimizer(method, config, num_steps):
+    lr = {
+        "probe": config.lr_probe,
+        "lst_prune": config.lr_lst,
+        "lst_random": config.lr_lst,
+        "full": config.lr_full,
+        "adapter": config.lr_adapter,
+        "lora": config.lr_lora,
+        "bitfit": config.lr_bitfit,
+    }[method]
+    warm = max(1, int(config.warmup * num_steps))
+    schedule = optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, lr, warm),
+            optax.linear_schedule(lr, 0.0, max(1, num_steps - warm)),
+        ],
+        [warm],
+    )
+    return optax.adam(schedule), lr
+
+
+def _run_method(method, config, splits, fresh, train_key, probe_heads, fisher_info):
+    from tqdm.auto import tqdm
+
+    trainable = peft.trainable_filter("lst" if method.startswith("lst") else method)
+    epochs = {"probe": config.probe_epochs}.get(
+        method, config.lst_epochs if method.startswith("lst") else config.epochs
+    )
+    train_data = _inputs(method, splits["train"], config)
+    n_train = len(train_data["label"])
+    steps_per_epoch = n_train // config.batch_size
+    num_steps = max(1, int(round(epochs * steps_per_epoch)))
+    opt, lr = _optimizer(method, config, num_steps)
+    importance = None
+    if method == "lst_prune":
+        head0 = probe_heads[0] if probe_heads else None
+        importance = _fisher(config, splits, fresh, train_key, head0, fisher_info)
+
+    accs, dev_accs, step_times, curve, compiled, memory = [], [], [], [], None, None
+    heads = []
+    lp_ft = (
+        method in ("full", "adapter", "lora", "bitfit")
+        and config.baseline_head == "probe"
+        and probe_heads is not None
+    )
+    show = os.environ.get("JAXLAB_PROGRESS", "1") != "0"
+    for s in range(config.num_seeds):
+        seed_key = jr.fold_in(train_key, s)
+        model = fresh(method, jr.fold_in(seed_key, 0))
+        if lp_ft:  # LP-FT: start from this seed's trained linear-probe head
+            model.head = nnx.merge(*nnx.split(probe_heads[s]))
+        if importance is not None:
+            peft.init_side_from_backbone(model, importance)
+        graphdef, state = train.init_state(model, opt, trainable)
+        batches = data.Batcher(jr.fold_in(seed_key, 1), train_data, config.batch_size)
+        if compiled is None:
+            step = train.make_train_step(
+                graphdef, peft.classification_loss, opt, trainable
+            )
+            first = _device(batches(0))
+            compiled = step.lower(state, first, seed_key).compile()
+            memory = ladder.compiled_memory(compiled)
+        times, losses = [], []
+        bar = tqdm(
+            range(num_steps),
+            desc=f"{method} seed {s}",
+            leave=False,
+            disable=not show or None,
+        )
+        for i in bar:
+            batch = _device(batches(i))
+            t0 = time.perf_counter()
+            state, metrics = compiled(state, batch, seed_key)
+            loss = float(metrics["loss"])  # syncs: the step time is complete
+            times.append(time.perf_counter() - t0)
+            losses.append(loss)
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"{method} seed {s}: loss {loss} at step {i}")
+        trained = nnx.merge(graphdef, state.params, state.rest)
+        test = _inputs(method, splits["test"], config)
+        accs.append(peft.accuracy(trained, test, batch_size=config.eval_batch))
+        if len(splits["dev"]["label"]):
+            dev = _inputs(method, splits["dev"], config)
+            dev_accs.append(peft.accuracy(trained, dev, batch_size=config.eval_batch))
+        step_times.append(statistics.median(times[1:] or times))
+        if s == 0:
+            curve = losses
+            trainable_pct = ladder.trainable_percentage(
+                state.params, nnx.state(trained.backbone, nnx.Param)
+            )
+        heads.append(trained.head if method == "probe" else None)
+
+    summary = {
+        "label": LABELS[method],
+        "test_acc": accs,
+        "test_acc_mean": float(np.mean(accs)),
+        "test_acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+        "dev_acc": dev_accs,
+        "dev_acc_mean": float(np.mean(dev_accs)) if dev_accs else None,
+        "trainable_pct": trainable_pct,
+        "lr": lr,
+        "epochs": epochs,
+        "steps": num_steps,
+        "train_step_ms": 1e3 * statistics.median(step_times),
+        "train_step_memory_bytes": memory["total"],
+        "head_init": "linear probe (LP-FT)" if lp_ft else "random",
+        "trains_on": "cached backbone states"
+        if "features" in train_data or "taps" in train_data
+        else "tokens",
+    }
+    # Memory and time of the real (uncached) step at batch × max_length.
+    if "features" in train_data or "taps" in train_data:
+        real = _uncached_step(method, config, splits, fresh, train_key)
+        summary.update(
+            memory_bytes=real["memory"]["total"],
+            memory=real["memory"],
+            step_ms=real["step_ms"],
+        )
+    else:
+        summary.update(
+            memory_bytes=memory["total"],
+            memory=memory,
+            step_ms=summary["train_step_ms"],
+        )
+    return {"summary": summary, "curve": curve, "heads": heads}
+
+
+_UNCACHED: dict = {}
+
+
+def _uncached_step(method, config, splits, fresh, train_key):
+    """Compile and time the step that runs the frozen backbone every time."""
+    kind = "lst" if method.startswith("lst") else method
+    cache_key = (kind, config)
+    if cache_key in _UNCACHED:  # LST's two inits share one step
+        return _UNCACHED[cache_key]
+    trainable = peft.trainable_filter("lst" if method.startswith("lst") else method)
+    opt, _ = _optimizer(method, config, 100)
+    model = fresh(method, jr.key(0))
+    graphdef, state = train.init_state(model, opt, trainable)
+    step = train.make_train_step(graphdef, peft.classification_loss, opt, trainable)
+    part = splits["train"]
+    tokens = {k: part[k] for k in ("input_ids", "attention_mask", "label")}
+    batch = _device(data.Batcher(jr.key(0), tokens, config.batch_size)(0))
+    compiled = step.lower(state, batch, train_key).compile()
+    times = []
+    for _ in range(config.timing_steps + 1):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch, train_key)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    out = {
+        "memory": ladder.compiled_memory(compiled),
+        "step_ms": 1e3 * statistics.median(times[1:]),
+    }
+    _UNCACHED[cache_key] = out
+    return out
+
+
+def _fisher(config, splits, fresh, train_key, probe_head, info):
+    """Fisher importance of the backbone under the probe's cross-entropy."""
+    t0 = time.perf_counter()
+    clf = fresh("probe", jr.fold_in(train_key, 999))
+    if probe_head is not None:
+        clf.head = probe_head
+    part = splits["train"]
+    n = min(config.fisher_examples, len(part["label"]))
+    idx = np.asarray(jr.permutation(jr.fold_in(train_key, 998), len(part["label"])))[:n]
+    fisher = peft.backbone_fisher(
+        clf,
+        jnp.asarray(part["input_ids"][idx]),
+        jnp.asarray(part["attention_mask"][idx]),
+        jnp.asarray(part["label"][idx]),
+    )
+    info.update(
+        examples=int(n),
+        head="trained linear probe" if probe_head is not None else "random",
+        seconds=time.perf_counter() - t0,
+    )
+    return fisher
+
+
+def _device(batch):
+    return jax.tree.map(jnp.asarray, batch)
+
+
+def _verdict(results):
+    out = {}
+    probe, full = results.get("probe"), results.get("full")
+    for name in ("lst_prune", "lst_random"):
+        row = results.get(name)
+        if row is None:
+            continue
+        v = {}
+        if probe:
+            v["beats_probe"] = row["test_acc_mean"] > probe["test_acc_mean"]
+            v["minus_probe_points"] = 100 * (
+                row["test_acc_mean"] - probe["test_acc_mean"]
+            )
+        if full:
+            v["within_2_points_of_full"] = (
+                row["test_acc_mean"] >= full["test_acc_mean"] - 0.02
+            )
+            v["minus_full_points"] = 100 * (
+                row["test_acc_mean"] - full["test_acc_mean"]
+            )
+        out[name] = v
+    return out
+
+
+def _write(out_dir, config, summary, curves):
+    report = Report("ladder: Ladder Side-Tuning on MiniLM, Rotten Tomatoes", out_dir)
+    methods = summary["methods"]
+    sp = summary["split"]
+    report.text(
+        f"Backbone: all-MiniLM-L6-v2 (pretrained, 22.7M parameters). Task: Rotten "
+        f"Tomatoes fresh/rotten, split **by movie** ({sp['train']['movies']} / "
+        f"{sp['dev']['movies']} / {sp['test']['movies']} movies, "
+        f"{sp['movies_shared_between_splits']} shared); examples used "
+        f"{sp['train']['examples_used']} / {sp['dev']['examples_used']} / "
+        f"{sp['test']['examples_used']} (train/dev/test). Sequences padded/truncated "
+        f"to {config.max_length} tokens "
+        f"({100 * summary['truncated_fraction_train']:.1f}% "
+        f"of training snippets truncated); batch {config.batch_size}; Adam with "
+        f"{int(100 * config.warmup)}% linear warm-up then linear decay; "
+        f"{config.num_seeds} seeds (mean ± sample std). Methods that backpropagate "
+        "through the backbone start from the same seed's trained linear-probe head "
+        "when `baseline_head='probe'` (LP-FT, Kumar et al., ICLR 2022); LST keeps "
+        "its own randomly initialized head and up-sampler."
+    )
+    rows = []
+    for r in methods.values():
+        rows.append(
+            [
+                r["label"],
+                f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f}",
+                "—" if r["dev_acc_mean"] is None else f"{r['dev_acc_mean']:.4f}",
+                f"{r['trainable_pct']:.3f}",
+                r["memory_bytes"] / 2**20,
+                "—" if r["memory_ratio"] is None else f"{r['memory_ratio']:.3f}",
+                r["step_ms"],
+                "—" if r["time_ratio"] is None else f"{r['time_ratio']:.3f}",
+                f"{r['epochs']:g} ({r['steps']}, lr {r['lr']:g})",
+                r["head_init"],
+            ]
+        )
+    report.table(
+        [
+            "method",
+            "test acc",
+            "dev acc",
+            "trainable %",
+            "step memory MB",
+            "memory / full",
+            "step ms",
+            "time / full",
+            "epochs (steps, lr)",
+            "head init",
+        ],
+        rows,
+        caption=(
+            "Accuracy over seeds; memory = XLA `memory_analysis()` of the compiled "
+            "train step (temp + argument + output bytes) at batch "
+            f"{config.batch_size} × {config.max_length} running the backbone; step "
+            "time = median wall time of that step (ms) on this machine, measured "
+            "while it was shared with other jobs."
+        ),
+    )
+    cached = [r["label"] for r in methods.values() if r["trains_on"] != "tokens"]
+    if cached:
+        report.text(
+            "Speed-up used: " + ", ".join(cached) + " trained on backbone hidden "
+            "states computed once (the backbone is frozen, so the gradients are the "
+            "same as running it every step); their memory/time columns come from "
+            "the uncached step, compiled and timed separately. Cached training step "
+            "times (ms): "
+            + ", ".join(
+                f"{r['label']} {r['train_step_ms']:.1f}"
+                for r in methods.values()
+                if r["trains_on"] != "tokens"
+            )
+            + "."
+        )
+    lines = []
+    for name, v in summary["verdict"].items():
+        parts = []
+        if "beats_probe" in v:
+            parts.append(
+                f"{'beats' if v['beats_probe'] else 'does NOT beat'} the linear probe "
+                f"({v['minus_probe_points']:+.2f} points)"
+            )
+        if "within_2_points_of_full" in v:
+            parts.append(
+                f"{'is' if v['within_2_points_of_full'] else 'is NOT'} within 2 points "
+                f"of full fine-tuning ({v['minus_full_points']:+.2f} points)"
+            )
+        if parts:
+            lines.append(f"- {LABELS[name]} " + " and ".join(parts) + ".")
+    if lines:
+        report.text("Verdict (mean test accuracy over seeds):\n\n" + "\n".join(lines))
+    if summary["fisher"]:
+        f = summary["fisher"]
+        report.text(
+            f"Pruning init: Fisher importance from {f['examples']} training examples "
+            f"at "
+            f"batch size 1 with the {f['head']} head ({f['seconds']:.0f} s)."
+        )
+    report.figure(
+        _accuracy_figure(methods), "accuracy", "test accuracy (mean ± std over seeds)"
+    )
+    if any(r["memory_ratio"] is not None for r in methods.values()):
+        report.figure(
+            _tradeoff_figure(methods),
+            "memory_vs_accuracy",
+            "train-step memory relative to full fine-tuning vs test accuracy",
+        )
+    report.figure(_curve_figure(curves), "loss_curves", "training loss, seed 0")
+    report.text(
+        f"Wall time {summary['wall_seconds'] / 60:.1f} min on {summary['cores']} "
+        f"{summary['platform']} cores (1-min load average at the end "
+        f"{summary['load_avg_1min_at_end']:.1f}). Command: `jaxlab run ladder"
+        f"{' --quick' if config == Config.quick() else ''}`."
+    )
+    return report.write(summary)
+
+
+def _accuracy_figure(methods):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    names = list(methods)
+    means = [methods[m]["test_acc_mean"] for m in names]
+    stds = [methods[m]["test_acc_std"] for m in names]
+    colors = ["tab:red" if m.startswith("lst") else "tab:gray" for m in names]
+    ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=4)
+    for i, m in enumerate(names):
+        ax.scatter(
+            [i] * len(methods[m]["test_acc"]),
+            methods[m]["test_acc"],
+            color="k",
+            s=8,
+            zorder=3,
+        )
+    ax.set_xticks(
+        range(len(names)), [methods[m]["label"] for m in names], rotation=25, ha="right"
+    )
+    lo = min(min(methods[m]["test_acc"]) for m in names)
+    ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(means) + 0.05))
+    ax.axhline(0.78, ls="--", lw=1, color="tab:blue", label="expected probe ≈ 0.78")
+    ax.set_ylabel("test accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _tradeoff_figure(methods):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for m, r in methods.items():
+        if r["memory_ratio"] is None:
+            continue
+        ax.errorbar(
+            r["memory_ratio"],
+            r["test_acc_mean"],
+            yerr=r["test_acc_std"],
+            fmt="o",
+            color="tab:red" if m.startswith("lst") else "tab:gray",
+            capsize=3,
+        )
+        ax.annotate(
+            r["label"],
+            (r["memory_ratio"], r["test_acc_mean"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.set(xlabel="train-step memory / full fine-tuning", ylabel="test accuracy")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _curve_figure(curves):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for m, losses in curves.items():
+        if not losses:
+            continue
+        x = np.linspace(0, 1, len(losses))
+        k = max(1, len(losses) // 50)
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(x[: len(smooth)], smooth, label=LABELS[m], lw=1.2)
+    ax.set(xlabel="fraction of training", ylabel="train loss (smoothed)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
