@@ -215,10 +215,15 @@ def nfe_from_steps(num_steps: Int[Array, "..."], solver: str) -> Int[Array, "...
 # --------------------------------------------------------------------------- #
 
 
-def _solve(vector_field, y0, t0, t1, solver, rtol, atol, num_steps, max_steps):
-    """One ``diffeqsolve`` of ``vector_field`` from t0 to t1; (y_t1, steps)."""
+def _solve(vector_field, y0, t0, t1, solver, rtol, atol, num_steps, max_steps,
+           norm=None):
+    """One ``diffeqsolve`` of ``vector_field`` from t0 to t1; (y_t1, steps).
+
+    ``norm`` (default: RMS over all components) measures the scaled local error.
+    """
     if num_steps is None:
-        controller = dfx.PIDController(rtol=rtol, atol=atol)
+        kwargs = {} if norm is None else {"norm": norm}
+        controller = dfx.PIDController(rtol=rtol, atol=atol, **kwargs)
         # A first step of 1% of the interval; the controller adapts from there
         # (diffrax's automatic initial step would cost two extra evaluations).
         dt0, budget = (t1 - t0) / 100.0, max_steps
