@@ -72,6 +72,41 @@ class Report:
         return clean
 
 
+def pyplot():
+    """matplotlib's ``pyplot`` on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_figure(histories, *, ylabel: str = "loss", title: str = "training loss"):
+    """A log-scale loss-vs-step figure of one or several ``fit`` histories.
+
+    Args:
+        histories: a ``fit`` history (a list of ``{"step", "loss", ...}`` dicts)
+            or a mapping ``label -> history`` for several curves with a legend.
+        ylabel: the y-axis label.
+        title: the figure title.
+
+    Returns:
+        The matplotlib figure (pass it to :meth:`Report.figure`).
+    """
+    plt = pyplot()
+    curves = histories if isinstance(histories, dict) else {None: histories}
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for label, history in curves.items():
+        ax.plot([h["step"] for h in history], [h["loss"] for h in history],
+                label=label)
+    ax.set(xlabel="step", ylabel=ylabel, yscale="log", title=title)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
+    return fig
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Format ``rows`` as a GitHub markdown table."""
     for i, row in enumerate(rows):

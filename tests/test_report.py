@@ -10,7 +10,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from jaxlab.report import Report, markdown_table  # noqa: E402
+from jaxlab.report import Report, loss_figure, markdown_table  # noqa: E402
 
 
 def test_report_files(tmp_path):
@@ -31,3 +31,18 @@ def test_report_files(tmp_path):
 def test_table_rejects_ragged_rows():
     with pytest.raises(ValueError, match="row 0"):
         markdown_table(["a", "b"], [[1]])
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_loss_figure_plots_each_history(several):
+    history = [{"step": s, "loss": 1.0 / (s + 1)} for s in (0, 10, 20)]
+    histories = {"a": history, "b": history[:2]} if several else history
+    fig = loss_figure(histories, ylabel="mse", title="t")
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert len(lines) == (2 if several else 1)
+    np.testing.assert_array_equal(lines[0].get_xdata(), [0, 10, 20])
+    np.testing.assert_array_equal(lines[0].get_ydata(), [1.0, 1 / 11, 1 / 21])
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "mse"
+    assert (ax.get_legend() is not None) == several
+    plt.close(fig)

@@ -56,7 +56,7 @@ from jaxlab import data, metrics, train
 from jaxlab.diffusion import ddim, ddpm, schedules
 from jaxlab.nn import classifier as clf
 from jaxlab.nn.unet import UNet
-from jaxlab.report import Report
+from jaxlab.report import Report, loss_figure, pyplot
 
 DATASETS = ("digits", "mnist5k")
 SCHEDULES = {"linear": schedules.linear, "cosine": schedules.cosine,
@@ -379,8 +379,8 @@ def _write_report(config, results, grids, decoded, recon_examples, x_rec_in, int
                   "slerp", f"spherical interpolation of x_T, decoded at "
                            f"S = {config.interp_steps} (η = 0)")
     if results["history"]:
-        report.figure(_loss_figure(results["history"]), "loss_curve",
-                      "training ε-loss")
+        fig = loss_figure(results["history"], ylabel="ε-MSE", title="U-Net training")
+        report.figure(fig, "loss_curve", "training ε-loss")
     report.table(["finding (DDIM paper)", "reproduced here"],
                  [[k, v] for k, v in results["checks"].items()],
                  caption="**Orderings** measured in this run.")
@@ -396,10 +396,7 @@ def _fmt(v):
 
 
 def _fd_figure(fd_table, steps, floor):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for label, row in fd_table.items():
@@ -413,10 +410,7 @@ def _fd_figure(fd_table, steps, floor):
 
 
 def _grid_figure(rows: dict, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cols = max(len(v) for v in rows.values())
     size = (0.8 * cols + 0.8, 0.85 * len(rows))
@@ -434,18 +428,6 @@ def _grid_figure(rows: dict, title: str):
     fig.suptitle(title, fontsize=9)
     return fig
 
-
-def _loss_figure(history):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
-    ax.set(xlabel="step", ylabel="ε-MSE", yscale="log", title="U-Net training")
-    ax.grid(alpha=0.3)
-    return fig
 
 
 def _validate(config: Config) -> None:

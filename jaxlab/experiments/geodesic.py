@@ -44,7 +44,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from jaxlab import data, geodesic
-from jaxlab.report import Report
+from jaxlab.report import Report, pyplot
 
 MODEL_ID = "all-MiniLM-L6-v2"
 
@@ -190,10 +190,7 @@ def _manifold_part(config, key, report):
 
 
 def _rho_figure(records, config):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, manifold in zip(axes, ("swiss_roll", "sphere")):
@@ -212,10 +209,7 @@ def _rho_figure(records, config):
 
 
 def _scatter_figure(scatter):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(scatter), figsize=(5 * len(scatter), 3.8))
     axes = np.atleast_1d(axes)
@@ -416,10 +410,7 @@ def _parse_variant(text):
 
 
 def _summary_figure(per_movie, methods):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, field in zip(axes, ("coverage", "sentiment_error", "redundancy")):

@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from jaxlab import data, losses, train
 from jaxlab.nn.mlp import MLP
-from jaxlab.report import Report
+from jaxlab.report import Report, pyplot
 
 NUM_DIGITS = 10
 NUM_BINS = 10  # reliability-diagram bins
@@ -626,10 +626,7 @@ def _validate(config):
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     return plt
 

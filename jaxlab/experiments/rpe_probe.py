@@ -50,7 +50,7 @@ import optax
 from flax import nnx
 
 from jaxlab.nn import transformer as tr
-from jaxlab.report import Report
+from jaxlab.report import Report, pyplot
 
 # name -> (TransformerConfig overrides, expected outcome)
 ROWS: dict[str, tuple[dict, str]] = {
@@ -394,10 +394,7 @@ def _json_row(r):
 
 def _curves(config, members, rows):
     """Small multiples: training accuracy vs step, one panel per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shown = [i for i, m in enumerate(members) if not m.get("gen")]
     cols = min(6, len(rows))
@@ -429,10 +426,7 @@ def _curves(config, members, rows):
 
 
 def _heatmaps(rows, names):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(names), figsize=(4.4 * len(names), 4))
     for ax, name in zip(axes, names):

@@ -20,7 +20,7 @@ from flax import nnx
 
 from jaxlab import data, train
 from jaxlab.nn.mlp import MLP
-from jaxlab.report import Report
+from jaxlab.report import Report, loss_figure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,9 @@ def run(config: Config, out_dir: pathlib.Path) -> dict:
         [["test accuracy", test_acc], ["final train loss", final["loss"]],
          ["final train batch accuracy", final["acc"]], ["steps", config.steps]],
     )
-    report.figure(_loss_curve(result.history), "loss_curve", "training loss (log scale)")
+    report.figure(
+        loss_figure(result.history, ylabel="train loss", title="sanity: digits MLP"),
+        "loss_curve", "training loss (log scale)")
     results = {
         "test_accuracy": test_acc,
         "final_train_loss": final["loss"],
@@ -92,15 +94,3 @@ def run(config: Config, out_dir: pathlib.Path) -> dict:
     }
     return report.write(results)
 
-
-def _loss_curve(history):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
-    ax.set(xlabel="step", ylabel="train loss", yscale="log", title="sanity: digits MLP")
-    ax.grid(alpha=0.3)
-    return fig
