@@ -4,7 +4,9 @@ The model is split once with ``nnx.split(model, trainable, ...)`` into a graph
 definition, the trainable parameters and the rest (frozen parameters, batch
 statistics, RNG counters). The train step is a pure function of those pytrees,
 jitted with the state donated; the host loop only fetches batches, logs and
-checkpoints.
+checkpoints. On a device mesh the batch is split over the ``data`` axis and the
+state either replicated or, FSDP-style, split over the ``model`` axis
+(:func:`place_state`, :mod:`jaxlab.parallel`).
 
 Checkpoints are orbax checkpoints of the whole :class:`TrainState`, one folder
 per step under ``workdir/checkpoints``. Each is sealed by a SHA-256 manifest
@@ -23,7 +25,8 @@ import json
 import os
 import pathlib
 import shutil
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,11 +43,13 @@ __all__ = [
     "init_state",
     "latest_checkpoint",
     "make_train_step",
+    "place_state",
     "restore_checkpoint",
     "save_checkpoint",
 ]
 
 CKPT_DIR = "checkpoints"
+PARAM_SHARDINGS = (None, "replicated", "fsdp")
 _MANIFEST = "manifest.sha256.json"
 
 LossFn = Callable[[nnx.Module, Any, jax.Array], tuple[jax.Array, dict]]
@@ -98,7 +103,8 @@ def init_state(
 
 
 def make_train_step(
-    graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformation, trainable=nnx.Param
+    graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformation,
+    trainable=nnx.Param, *, state_sharding=None,
 ):
     """Build ``step(state, batch, key) -> (state, metrics)``, jitted, state donated.
 
@@ -106,6 +112,14 @@ def make_train_step(
     metrics)``. The step key is ``fold_in(key, state.step)``, so the same base
     key can be passed at every step. Only ``state.params`` is differentiated;
     ``state.rest`` is carried through (and updated if the model mutates it).
+
+    Data parallelism needs nothing here: given a batch sharded on the ``data``
+    axis, the compiler partitions the step and all-reduces the gradients.
+    ``state_sharding`` (a :class:`TrainState` of ``NamedSharding``, e.g. the
+    shardings of an FSDP-placed state, see :func:`jaxlab.parallel.shard_params`)
+    pins the gradients and the new state to that layout, so every step returns
+    its state laid out as it came in (gradients reduce-scattered, not
+    all-reduced, under FSDP).
     """
 
     def step(state: TrainState, batch, key: jax.Array):
@@ -120,10 +134,15 @@ def make_train_step(
         (loss, (metrics, rest)), grads = jax.value_and_grad(compute, has_aux=True)(
             state.params
         )
+        if state_sharding is not None:
+            grads = jax.lax.with_sharding_constraint(grads, state_sharding.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, **metrics}
-        return TrainState(state.step + 1, params, opt_state, rest), metrics
+        new_state = TrainState(state.step + 1, params, opt_state, rest)
+        if state_sharding is not None:
+            new_state = jax.lax.with_sharding_constraint(new_state, state_sharding)
+        return new_state, metrics
 
     return jax.jit(step, donate_argnums=0)
 
@@ -145,6 +164,8 @@ def fit(
     eval_fn: Callable[[nnx.Module, int], dict] | None = None,
     eval_every: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
+    param_sharding: str | None = None,
+    fsdp_min_size: int = 1024,
 ) -> FitResult:
     """Train ``model`` for ``num_steps`` steps, resuming from ``workdir`` if possible.
 
@@ -170,6 +191,13 @@ def fit(
             axis and the state replicated (see :mod:`jaxlab.parallel`).
             Default: :func:`jaxlab.parallel.default_mesh` (set by
             ``jaxlab run ... --set mesh=N``), else a single device.
+        param_sharding: ``"replicated"`` (parameters and optimizer state on
+            every device) or ``"fsdp"`` (each array with at least
+            ``fsdp_min_size`` elements split over the mesh's ``model`` axis,
+            :func:`jaxlab.parallel.shard_params`). Default: ``"fsdp"`` when
+            the mesh has a ``model`` axis of size > 1
+            (``--set mesh=data:4,model:2``), else ``"replicated"``.
+        fsdp_min_size: smallest array (in elements) that FSDP splits.
 
     Returns:
         :class:`FitResult` with the trained model, the history (a list of dicts
@@ -181,6 +209,10 @@ def fit(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if stop_after is not None and not 0 <= stop_after <= num_steps:
         raise ValueError(f"stop_after must be in [0, num_steps={num_steps}], got {stop_after}")
+    from . import parallel
+
+    mesh = mesh if mesh is not None else parallel.default_mesh()
+    _check_placement(mesh, param_sharding)
     eval_every = eval_every or log_every
 
     graphdef, state = init_state(model, optimizer, trainable)
@@ -190,13 +222,10 @@ def fit(
         found = latest_checkpoint(ckpt_root)
         if found is not None:
             state, history = restore_checkpoint(found, state)
-    from . import parallel
-
-    mesh = mesh if mesh is not None else parallel.default_mesh()
-    if mesh is not None:
-        state = parallel.replicate(state, mesh)
-
-    train_step = make_train_step(graphdef, loss_fn, optimizer, trainable)
+    state, state_sharding = place_state(state, mesh, param_sharding=param_sharding,
+                                        fsdp_min_size=fsdp_min_size)
+    train_step = make_train_step(graphdef, loss_fn, optimizer, trainable,
+                                 state_sharding=state_sharding)
     start = int(state.step)
     end = num_steps if stop_after is None else stop_after
     history = [h for h in history if h["step"] <= start]
@@ -231,6 +260,65 @@ def fit(
         bar.close()
     trained = nnx.merge(graphdef, state.params, state.rest)
     return FitResult(trained, history, state)
+
+
+def place_state(
+    state: TrainState, mesh: jax.sharding.Mesh | None, *,
+    param_sharding: str | None = None, fsdp_min_size: int = 1024,
+) -> tuple[TrainState, TrainState | None]:
+    """Put a :class:`TrainState` on ``mesh``: replicated, or FSDP on the ``model`` axis.
+
+    For train loops that call :func:`make_train_step` themselves (as
+    :func:`fit` does): ``state, shardings = place_state(state, mesh)`` then
+    ``make_train_step(..., state_sharding=shardings)`` and
+    ``parallel.shard_batch(batch, mesh)`` for every batch.
+
+    Args:
+        state: the state (host or single-device arrays).
+        mesh: the mesh; ``None`` leaves the state as it is.
+        param_sharding: ``"replicated"``, ``"fsdp"`` (parameters and optimizer
+            state split by :func:`jaxlab.parallel.shard_params`; step and
+            ``rest`` replicated) or ``None``: ``"fsdp"`` when the mesh has a
+            ``model`` axis of size > 1, else ``"replicated"``.
+        fsdp_min_size: smallest array (in elements) that FSDP splits.
+
+    Returns:
+        ``(placed state, its shardings as a TrainState of NamedSharding)``;
+        the shardings are ``None`` when ``mesh`` is ``None``.
+    """
+    from . import parallel
+
+    _check_placement(mesh, param_sharding)
+    if mesh is None:
+        return state, None
+    if param_sharding is None:
+        fsdp = mesh.shape.get(parallel.MODEL, 1) > 1
+        param_sharding = "fsdp" if fsdp else "replicated"
+    if param_sharding == "fsdp":
+        params, opt_state = parallel.shard_params((state.params, state.opt_state), mesh,
+                                                  min_size=fsdp_min_size)
+        state = TrainState(parallel.replicate(state.step, mesh), params, opt_state,
+                           parallel.replicate(state.rest, mesh))
+    else:
+        state = parallel.replicate(state, mesh)
+    return state, jax.tree.map(lambda a: a.sharding, state)
+
+
+def _check_placement(mesh, param_sharding) -> None:
+    """ValueError for a bad ``param_sharding`` or a mesh that cannot carry it."""
+    from . import parallel
+
+    if param_sharding not in PARAM_SHARDINGS:
+        raise ValueError(
+            f"param_sharding must be one of {PARAM_SHARDINGS}, got {param_sharding!r}"
+        )
+    if mesh is not None and parallel.DATA not in mesh.axis_names:
+        raise ValueError(f"mesh must have a {parallel.DATA!r} axis, got {mesh.axis_names}")
+    if param_sharding == "fsdp" and (mesh is None or parallel.MODEL not in mesh.axis_names):
+        raise ValueError(
+            f"param_sharding='fsdp' needs a mesh with a {parallel.MODEL!r} axis, got "
+            f"{None if mesh is None else mesh.axis_names}"
+        )
 
 
 # --------------------------------------------------------------------------
@@ -338,6 +426,12 @@ def _pack(state: TrainState) -> list:
     for leaf in jax.tree.leaves(state):
         if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jr.key_data(leaf)
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            # FSDP across processes: gather the shards so every process saves
+            # the whole array (its own copy, see _checkpointer).
+            from jax.experimental import multihost_utils
+
+            leaf = multihost_utils.process_allgather(leaf, tiled=True)
         out.append(np.asarray(leaf))
     return out
 

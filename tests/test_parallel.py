@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,9 @@ import numpy as np
 import pytest
 
 from jaxlab import parallel
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _subprocess import run_json
 
 # Runs in a fresh process: the device count is fixed when JAX starts.
 _SCRIPT = textwrap.dedent("""
@@ -40,12 +44,7 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_train_step_on_4_sharded_devices_matches_one_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu", "JAXLAB_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_json(_SCRIPT, devices=4)
     assert out["devices"] == 4 and out["batch_shards"] == 4
     assert out["params_replicated"]
     # same math, different reduction order across devices: float32 round-off only
@@ -116,7 +115,8 @@ def test_two_processes_train_like_one(tmp_path):
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-2000:]
     single = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")],
-                            env=base, capture_output=True, text=True, timeout=900)
+                            env=base, capture_output=True, text=True, timeout=900,
+                            check=False)
     assert single.returncode == 0, single.stderr[-2000:]
 
     def losses(path):
@@ -127,3 +127,75 @@ def test_two_processes_train_like_one(tmp_path):
     p1 = losses(tmp_path / "dist" / "process_1" / "sanity" / "results.json")
     assert p0 == p1  # both processes hold the same replicated state
     np.testing.assert_allclose(p0, one, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Multi-axis meshes, FSDP placement and batch_map (1 device here; the 8-device
+# equivalence checks are in tests/test_sharded.py)
+# --------------------------------------------------------------------------
+
+
+def test_fsdp_spec_picks_the_largest_divisible_dimension():
+    P = jax.sharding.PartitionSpec
+    assert parallel.fsdp_spec((3, 3, 8, 16), 2, min_size=0) == P(None, None, None, "model")
+    assert parallel.fsdp_spec((6, 4), 2, min_size=0) == P("model")
+    assert parallel.fsdp_spec((8, 8), 4, min_size=0) == P(None, "model")  # tie: last
+    assert parallel.fsdp_spec((7, 5), 2, min_size=0) == P()  # nothing divisible
+    assert parallel.fsdp_spec((16,), 2) == P()  # below the default min_size
+    assert parallel.fsdp_spec((2048,), 2) == P("model")
+    assert parallel.fsdp_spec((64, 64), 1, min_size=0) == P()  # axis of size 1
+    assert parallel.fsdp_spec((), 2, min_size=0) == P()
+    with pytest.raises(ValueError, match="axis_size"):
+        parallel.fsdp_spec((4,), 0)
+    with pytest.raises(ValueError, match="min_size"):
+        parallel.fsdp_spec((4,), 2, min_size=-1)
+
+
+def test_multi_axis_mesh_spec():
+    mesh = parallel.mesh_from_spec("data:1,model:1")
+    assert mesh.axis_names == ("data", "model") and dict(mesh.shape) == {"data": 1,
+                                                                          "model": 1}
+    assert dict(parallel.mesh_from_spec("data=-1,model=1").shape)["data"] == (
+        jax.device_count())
+    with pytest.raises(ValueError, match="data:4,model:2"):
+        parallel.mesh_from_spec("data:four,model:2")
+    with pytest.raises(ValueError, match="'data' axis"):
+        parallel.mesh_from_spec("model:1")
+    with pytest.raises(ValueError, match="needs"):
+        parallel.mesh_from_spec(f"data:{jax.device_count() + 1},model:1")
+    with pytest.raises(ValueError, match="one size per"):
+        parallel.make_mesh(axis_names=("data", "data"), shape=(1, 1))
+
+
+def test_shard_params_places_every_leaf():
+    mesh = parallel.mesh_from_spec("data:1,model:1")
+    tree = {"w": np.ones((64, 32), np.float32), "b": np.zeros(3, np.float32),
+            "key": jax.random.key(0)}
+    placed = parallel.shard_params(tree, mesh, min_size=0)
+    assert all(isinstance(a.sharding, jax.sharding.NamedSharding)
+               for a in jax.tree.leaves(placed))
+    np.testing.assert_array_equal(placed["w"], tree["w"])
+    with pytest.raises(ValueError, match="not an axis"):
+        parallel.shard_params(tree, parallel.make_mesh(1))  # no model axis
+
+
+def test_batch_map_is_row_wise_under_jit():
+    import jax.numpy as jnp
+
+    mesh = parallel.make_mesh(1)
+    x = np.arange(12.0).reshape(4, 3)
+
+    def fn(scale, x):
+        return x * scale, jnp.sum(x, axis=1)
+
+    mapped = jax.jit(parallel.batch_map(fn, mesh, batched=(False, True)))
+    y, s = mapped(2.0, x)
+    np.testing.assert_array_equal(y, 2.0 * x)
+    np.testing.assert_array_equal(s, x.sum(1))
+    assert parallel.batch_sharding(mesh).spec == jax.sharding.PartitionSpec("data")
+    with pytest.raises(ValueError, match="batched has 1 flags"):
+        parallel.batch_map(fn, mesh, batched=(True,))(2.0, x)
+    with pytest.raises(ValueError, match="not an axis"):
+        parallel.batch_map(fn, mesh, axis="model")
+    with pytest.raises(ValueError, match="not an axis"):
+        parallel.batch_sharding(mesh, "model")

@@ -169,3 +169,50 @@ def test_nan_loss_stops_training():
         train.fit(jr.key(0), model, optax.sgd(0.1),
                   lambda m, b, k: (jnp.mean(m(b)), {}), lambda s: x,
                   num_steps=4, log_every=1)
+
+
+def test_param_sharding_is_validated():
+    from jaxlab import parallel
+
+    with pytest.raises(ValueError, match="param_sharding must be one of"):
+        _fit(None, param_sharding="zero3")
+    with pytest.raises(ValueError, match="needs a mesh with a 'model' axis"):
+        _fit(None, param_sharding="fsdp")
+    with pytest.raises(ValueError, match="needs a mesh with a 'model' axis"):
+        _fit(None, param_sharding="fsdp", mesh=parallel.make_mesh(1))
+
+
+def test_fsdp_on_a_trivial_mesh_equals_plain_training(tmp_path):
+    from jaxlab import parallel
+
+    mesh = parallel.mesh_from_spec("data:1,model:1")
+    plain = _fit(None, num_steps=8)
+    fsdp = _fit(tmp_path, num_steps=8, mesh=mesh, param_sharding="fsdp",
+                fsdp_min_size=0)
+    chex.assert_trees_all_close(nnx.state(fsdp.model), nnx.state(plain.model),
+                                rtol=1e-6, atol=1e-7)
+    resumed = _fit(tmp_path, num_steps=8, mesh=mesh, param_sharding="fsdp",
+                   fsdp_min_size=0)  # restores the sealed final checkpoint
+    chex.assert_trees_all_equal(nnx.state(resumed.model), nnx.state(fsdp.model))
+
+
+def test_place_state_layouts():
+    from jaxlab import parallel
+
+    _, state = train.init_state(MLP((6, 16, 1), rngs=nnx.Rngs(0)), optax.adam(1e-2))
+    same, shardings = train.place_state(state, None)
+    assert same is state and shardings is None
+    mesh = parallel.mesh_from_spec("data:1,model:1")
+    placed, shardings = train.place_state(state, mesh, param_sharding="fsdp",
+                                          fsdp_min_size=0)
+    assert isinstance(shardings, train.TrainState)
+    assert all(isinstance(s, jax.sharding.NamedSharding)
+               for s in jax.tree.leaves(shardings))
+    chex.assert_trees_all_equal(placed.params, state.params)
+    with pytest.raises(ValueError, match="param_sharding must be one of"):
+        train.place_state(state, mesh, param_sharding="model")
+    with pytest.raises(ValueError, match="must have a 'data' axis"):
+        train.place_state(state, jax.sharding.Mesh(np.asarray(jax.devices()[:1]),
+                                                   ("model",)))
+    with pytest.raises(ValueError, match="min_size"):
+        train.place_state(state, mesh, param_sharding="fsdp", fsdp_min_size=-1)
