@@ -41,8 +41,12 @@ import jax.random as jr
 import numpy as np
 import scipy.sparse as sp
 from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 from scipy.sparse import csgraph
+
+from jaxlab import parallel
 
 METRICS = ("cosine", "euclidean")
 SYMMETRIC = ("union", "mutual")
@@ -164,6 +168,7 @@ def knn(
     *,
     metric: str = "cosine",
     block_size: int | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[Int[Array, "N K"], Float[Array, "N K"]]:
     r"""Exact k nearest neighbours of every point, tiled on device.
 
@@ -175,44 +180,51 @@ def knn(
     (W. Kahan's numerically stable angle formula), so short edges keep full
     precision.
 
+    With a ``mesh``, the rows are split over its ``"data"`` axis with
+    ``jax.shard_map``: device d owns rows [d·m, (d + 1)·m), m = ⌈N / devices⌉
+    (the last device's rows past N are padding, masked out as candidates and
+    dropped from the output), all-gathers every device's rows as candidates
+    and runs the same per-block search on its own rows. The neighbours are
+    those of the single-device search (on ties-free data); the recomputed
+    distances are bit-identical when the blocks have the same shape
+    (``block_size`` = m on both sides) and otherwise agree to float rounding
+    (XLA may vectorize the D-term sums of a different block shape differently).
+
     Args:
         x: [N, D] points, N ≥ 2.
         k: neighbours per point, 1 ≤ k ≤ N − 1 (static).
         metric: "cosine" or "euclidean" (static).
         block_size: rows per block (static); default keeps a block ≤ 2^24
             scores.
+        mesh: device mesh with a ``"data"`` axis (static), or ``None`` for
+            ``jaxlab.parallel.default_mesh()`` (single device when that is
+            unset; read when the function is traced, so set it before the
+            first call of a jitted wrapper).
 
     Returns:
         (neighbors int32 [N, K], distances [N, K]), ascending per row, self
-        excluded.
+        excluded. With a mesh both are row-sharded,
+        ``NamedSharding(mesh, P("data"))``, when N is divisible by the size of
+        the data axis, and replicated (``P()``) otherwise.
     """
     n = _check_points("x", x, min_points=2)
     _check_k(k, n - 1, "N - 1 (the number of other points)")
     _check_choice("metric", metric, METRICS)
-    b = _block_rows(n, block_size)
+    mesh = _resolve_mesh(mesh)
     chex.assert_rank(x, 2)
-    xs = _normalize(x) if metric == "cosine" else x
+    xs = jnp.asarray(x)
+    if mesh is not None:
+        return _sharded_knn(xs, n, k, metric, block_size, mesh)
+    b = _block_rows(n, block_size)
     ref_sq = jnp.sum(xs * xs, axis=1)
     num_blocks = -(-n // b)
     rows = jnp.pad(xs, ((0, num_blocks * b - n), (0, 0)))
     rows = rows.reshape(num_blocks, b, xs.shape[1])
     starts = jnp.arange(num_blocks) * b
-    cols = jnp.arange(n)
 
     def one_block(args):
         start, xb = args
-        score = xb @ xs.T
-        if metric == "euclidean":
-            score = 2.0 * score - ref_sq[None, :]
-        is_self = (start + jnp.arange(b))[:, None] == cols[None, :]
-        score = jnp.where(is_self, -jnp.inf, score)
-        _, idx = lax.top_k(score, k)
-        dist = _edge_distance(xb[:, None, :], xs[idx], metric)
-        order = jnp.argsort(dist, axis=1)
-        return (
-            jnp.take_along_axis(idx, order, axis=1),
-            jnp.take_along_axis(dist, order, axis=1),
-        )
+        return _knn_block(xb, start + jnp.arange(b), xs, ref_sq, n, k, metric)
 
     idx, dist = lax.map(one_block, (starts, rows))
     idx = idx.reshape(num_blocks * b, k)[:n].astype(jnp.int32)
@@ -228,6 +240,7 @@ def knn_graph(
     symmetric: str = "union",
     ensure_connected: bool = False,
     block_size: int | None = None,
+    mesh: Mesh | None = None,
 ) -> KnnGraph:
     r"""Sparse symmetric kNN graph with base-distance edge weights (host side).
 
@@ -248,18 +261,28 @@ def knn_graph(
         symmetric: "union" or "mutual".
         ensure_connected: raise k automatically until the graph is connected.
         block_size: rows per on-device block (see :func:`knn`).
+        mesh: device mesh whose ``"data"`` axis splits the kNN search's rows
+            (see :func:`knn`); ``None`` uses ``jaxlab.parallel.default_mesh()``.
+            The result is the same graph.
 
     Returns:
-        A :class:`KnnGraph` (CSR matrix plus connectivity report).
+        A :class:`KnnGraph` (CSR matrix plus connectivity report), on the host
+        (numpy / scipy) whatever the mesh: the sharded search's rows are
+        gathered by ``np.asarray``.
     """
     n = _check_points("x", x, min_points=2)
     _check_k(k, n - 1, "N - 1 (the number of other points)")
     _check_choice("metric", metric, METRICS)
     _check_choice("symmetric", symmetric, SYMMETRIC)
+    # Resolved here, not inside the jitted search, so that the jit cache is
+    # keyed on the mesh actually used.
+    mesh = _resolve_mesh(mesh)
     x = jnp.asarray(x)
     k_used = k
     while True:
-        idx, dist = _knn_jit(x, k_used, metric=metric, block_size=block_size)
+        idx, dist = _knn_jit(
+            x, k_used, metric=metric, block_size=block_size, mesh=mesh
+        )
         idx, dist = np.asarray(idx), np.asarray(dist)
         matrix = _csr_from_knn(idx, dist, symmetric)
         n_comp, labels = csgraph.connected_components(matrix, directed=False)
@@ -695,7 +718,9 @@ def summarize(
     if not 0.0 < redundancy <= 1.0:
         raise ValueError(f"redundancy must be in (0, 1], got {redundancy!r}")
     if isinstance(sentences, str):
-        raise ValueError("sentences must be a sequence of strings, got one string")
+        raise ValueError(  # noqa: TRY004 (house style: ValueError for bad args)
+            "sentences must be a sequence of strings, got one string"
+        )
     sentences = list(sentences)
     n = _check_points("embeddings", embeddings, min_points=1)
     if len(sentences) != n:
@@ -995,6 +1020,91 @@ def _tfidf(sentences):
     return tfidf / np.maximum(norm, np.finfo(np.float64).tiny)
 
 
+def _knn_block(xb, row_ids, xs, ref_sq, n_valid, k, metric):
+    """k nearest candidates of the query rows ``xb`` (global ids ``row_ids``).
+
+    Candidates are the rows of ``xs``; those at index ≥ ``n_valid`` (padding)
+    and each query's own row are excluded. For cosine, ``xb`` and ``xs`` are the
+    raw rows: they are normalized here for the scores, and again per selected
+    pair for the distances, so a distance depends only on its two rows and
+    not on how XLA fuses a whole-array normalization (bit-identical results
+    on one device or many). Returns (indices, distances), the distances
+    recomputed from differences and sorted ascending.
+    """
+    cols = jnp.arange(xs.shape[0])
+    if metric == "cosine":
+        score = _normalize(xb) @ _normalize(xs).T
+    else:
+        score = 2.0 * (xb @ xs.T) - ref_sq[None, :]
+    excluded = (row_ids[:, None] == cols[None, :]) | (cols[None, :] >= n_valid)
+    score = jnp.where(excluded, -jnp.inf, score)
+    _, idx = lax.top_k(score, k)
+    a, b = xb[:, None, :], xs[idx]
+    if metric == "cosine":
+        a, b = _normalize(a), _normalize(b)
+    dist = _edge_distance(a, b, metric)
+    order = jnp.argsort(dist, axis=1)
+    return (
+        jnp.take_along_axis(idx, order, axis=1),
+        jnp.take_along_axis(dist, order, axis=1),
+    )
+
+
+def _resolve_mesh(mesh):
+    """The given mesh, else ``parallel.default_mesh()``; must have a data axis."""
+    if mesh is None:
+        mesh = parallel.default_mesh()
+    if mesh is None:
+        return None
+    if not isinstance(mesh, Mesh):
+        raise ValueError(  # noqa: TRY004 (house style: ValueError for bad args)
+            f"mesh must be a jax.sharding.Mesh or None, got {mesh!r}"
+        )
+    if parallel.DATA not in mesh.axis_names:
+        raise ValueError(
+            f"mesh must have a {parallel.DATA!r} axis to split rows over, got "
+            f"axes {mesh.axis_names}"
+        )
+    return mesh
+
+
+def _sharded_knn(xs, n, k, metric, block_size, mesh):
+    """Row-sharded :func:`knn` (``jax.shard_map``, candidates all-gathered)."""
+    axis = parallel.DATA
+    ndev = mesh.shape[axis]
+    per = -(-n // ndev)
+    total = per * ndev
+    b = min(per, _block_rows(total, block_size))
+    local = -(-per // b) * b
+    xs = jnp.pad(xs, ((0, total - n), (0, 0)))
+
+    def per_device(own):
+        cand = lax.all_gather(own, axis, tiled=True)
+        ref_sq = jnp.sum(cand * cand, axis=1)
+        first = lax.axis_index(axis) * per
+        blocks = jnp.pad(own, ((0, local - per), (0, 0)))
+        blocks = blocks.reshape(local // b, b, own.shape[1])
+        starts = first + jnp.arange(local // b) * b
+
+        def one_block(args):
+            start, xb = args
+            return _knn_block(xb, start + jnp.arange(b), cand, ref_sq, n, k, metric)
+
+        idx, dist = lax.map(one_block, (starts, blocks))
+        return idx.reshape(local, k)[:per], dist.reshape(local, k)[:per]
+
+    idx, dist = jax.shard_map(
+        per_device, mesh=mesh, in_specs=(P(axis),), out_specs=(P(axis), P(axis))
+    )(xs)
+    idx, dist = idx[:n].astype(jnp.int32), dist[:n]
+    spec = P(axis) if n % ndev == 0 else P()
+    sharding = NamedSharding(mesh, spec)
+    return (
+        lax.with_sharding_constraint(idx, sharding),
+        lax.with_sharding_constraint(dist, sharding),
+    )
+
+
 def _block_rows(n, block_size):
     """Rows per kNN block: the caller's, or the most that keep ≤ BLOCK_ELEMENTS."""
     if block_size is None:
@@ -1019,7 +1129,7 @@ def _check_points(name, x, *, min_points):
 def _check_k(k, k_max, what):
     """Raise ValueError unless 1 ≤ k ≤ k_max (a Python int)."""
     if not isinstance(k, int | np.integer) or isinstance(k, bool):
-        raise ValueError(f"k must be a Python int, got {k!r}")
+        raise ValueError(f"k must be a Python int, got {k!r}")  # noqa: TRY004
     if not 1 <= k <= k_max:
         raise ValueError(f"k must satisfy 1 <= k <= {what} = {k_max}, got k={k}")
 
@@ -1055,7 +1165,7 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-_knn_jit = jax.jit(knn, static_argnames=("k", "metric", "block_size"))
+_knn_jit = jax.jit(knn, static_argnames=("k", "metric", "block_size", "mesh"))
 _min_plus_jit = jax.jit(min_plus_distances, static_argnames=("num_iters",))
 _geodesic_scores_jit = jax.jit(
     geodesic_scores,
