@@ -68,6 +68,45 @@ def test_flow_matches_closed_form(x64, name):
     assert np.all(err <= bound), (err, bound)
 
 
+@pytest.mark.parametrize(
+    "name,param", [("vp", "sigma"), ("ve", "sigma"), ("subvp", "log_sigma")]
+)
+def test_sigma_variables_match_closed_form(x64, name, param):
+    """The DDIM / EDM form dx̃/dσ = ε̂ (and its log σ version) reproduces the
+    closed-form flow. The controller bounds local errors of x̃ = x/ᾱ by
+    tol·(1 + |x̃|); a deviation of x̃ at σ reaches the end scaled by
+    ᾱ_end √((s² + σ_end²)/(s² + σ²)) ≤ 1 while |x̃_σ| ≤ |μ| + 5√(s² + σ²), so
+    each step adds at most tol·(1 + |μ| + 5 max(s, 1)) (5 s.d. covers the
+    8 prior draws) and the sum over the steps bounds the error."""
+    sde, tol = SDES[name], 1e-8
+    score = sde_lib.oracle_score_fn(sde, MU, S)
+    z = _prior_draws(sde, 8, jr.key(0))
+    ab_T, bb_T = sde.scales(sde.T)
+    x, nfe = jax.jit(lambda z: ode.flow(score, sde, z, t0=sde.T, t1=1e-3, rtol=tol,
+                                        atol=tol, param=param))(z)
+    ref = gaussian.ode_flow(z, ab_T, bb_T, *sde.scales(1e-3), MU, S)
+    steps = (np.asarray(nfe) - 1) / 6
+    per_step = tol * (1 + float(jnp.max(jnp.abs(MU))) + 5 * max(1.0, float(S.max())))
+    err = np.max(np.abs(np.asarray(x - ref)), axis=1)
+    assert np.all(err <= steps * per_step), (err, steps * per_step)
+
+
+@pytest.mark.parametrize("name", ["ve", "vp", "subvp", "linear"])
+def test_time_of_sigma_inverts_sigma_of_time(x64, name):
+    """t(σ(t)) = t; the LinearSDE's numerical inverse equals VP's closed form."""
+    vp = SDES["vp"]
+    sde = SDES.get(name) or sde_lib.LinearSDE(
+        lambda t: jnp.exp(-0.5 * vp.int_beta(t)),
+        lambda t: jnp.sqrt(-jnp.expm1(-vp.int_beta(t))))
+    ts = jnp.linspace(1e-4, 1.0, 7)
+    back = jax.jit(lambda t: ode.time_of_sigma(sde, ode.sigma_of_time(sde, t)))(ts)
+    np.testing.assert_allclose(np.asarray(back), np.asarray(ts), rtol=1e-9)
+    if name == "linear":
+        sig = ode.sigma_of_time(vp, ts)
+        np.testing.assert_allclose(np.asarray(ode.time_of_sigma(sde, sig)),
+                                   np.asarray(ode.time_of_sigma(vp, sig)), rtol=1e-9)
+
+
 @pytest.mark.parametrize("solver,order", [("euler", 1), ("heun", 2)])
 def test_fixed_step_solvers_converge_at_their_order(x64, solver, order):
     sde = SDES["vp"]
@@ -170,6 +209,10 @@ def test_bad_arguments_raise():
         ode.decode(score, vp, z, solver="euler", num_steps=0)
     with pytest.raises(ValueError, match="eps"):
         ode.encode(score, vp, z, eps=1.0)
+    with pytest.raises(ValueError, match="param"):
+        ode.decode(score, vp, z, param="edm")
+    with pytest.raises(ValueError, match="log_sigma"):
+        ode.decode(score, vp, z, param="log_sigma", eps=0.0)
     with pytest.raises(ValueError, match="differ"):
         ode.flow(score, vp, z, t0=0.5, t1=0.5)
     with pytest.raises(ValueError, match="t1"):
