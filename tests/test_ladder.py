@@ -1,6 +1,7 @@
 """Tests for Ladder Side-Tuning: jaxlab.ladder (pure) and its NNX side network."""
 
 import collections
+import dataclasses
 
 import chex
 import jax
@@ -121,15 +122,15 @@ def test_side_network_variants():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(reduction=3), "reduction=3"),
-        (dict(reduction=0), "reduction=0"),
-        (dict(side_layers=(2, 1)), "side_layers"),
-        (dict(side_layers=(2,)), "side_layers"),
-        (dict(side_layers=()), "side_layers"),
-        (dict(mixing="middle"), "mixing='middle'"),
-        (dict(gate="fixed"), "gate='fixed'"),
-        (dict(temperature=0.0), "temperature=0.0"),
-        (dict(num_classes=1), "num_classes=1"),
+        ({"reduction": 3}, "reduction=3"),
+        ({"reduction": 0}, "reduction=0"),
+        ({"side_layers": (2, 1)}, "side_layers"),
+        ({"side_layers": (2,)}, "side_layers"),
+        ({"side_layers": ()}, "side_layers"),
+        ({"mixing": "middle"}, "mixing='middle'"),
+        ({"gate": "fixed"}, "gate='fixed'"),
+        ({"temperature": 0.0}, "temperature=0.0"),
+        ({"num_classes": 1}, "num_classes=1"),
     ],
 )
 def test_bad_side_network_arguments(kwargs, match):
@@ -479,3 +480,33 @@ def test_lazy_reexports_of_the_nnx_side():
     assert ladder.side_tune is peft.side_tune
     with pytest.raises(AttributeError, match="no attribute"):
         _ = ladder.not_a_function
+
+
+def test_experiment_presets_give_every_gradient_method_the_same_budget():
+    from jaxlab.experiments import ladder as exp
+
+    quick, full = exp.Config.quick(), exp.Config.full()
+    assert quick.num_seeds == 1 and full.num_seeds == 3
+    assert full.max_length == 64 and full.train_size == 0  # the issue's protocol
+    # One `epochs` for LST, full FT, adapters, LoRA and BitFit: no per-method field.
+    fields = {f.name for f in dataclasses.fields(exp.Config)}
+    assert not any(f.endswith("_epochs") for f in fields - {"probe_epochs"})
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"epochs": 0.0}, "epochs=0.0"),
+        ({"probe_epochs": -1.0}, "probe_epochs=-1.0"),
+        ({"methods": ("lst", "full")}, "methods="),
+        ({"methods": ("lst_prune", "probe")}, "'probe' must come before"),
+        ({"num_seeds": 0}, "num_seeds=0"),
+        ({"fisher_examples": 0}, "fisher_examples=0"),
+    ],
+)
+def test_experiment_rejects_bad_configs(changes, match):
+    from jaxlab.experiments import ladder as exp
+
+    config = dataclasses.replace(exp.Config.quick(), **changes)
+    with pytest.raises(ValueError, match=match):
+        exp.run(config, None)

@@ -8,23 +8,35 @@ Efficient Transfer Learning", NeurIPS 2022 (arXiv 2206.06522); see
 
 Methods: linear probe on the frozen encoder, LST with Fisher-pruning init and
 with random init (r = 8, ladders on all 6 layers, gates μ = σ(α/0.1)), full
-fine-tuning, bottleneck adapters, LoRA (q, v) and BitFit, each for 3 seeds.
-Reported: test/dev accuracy (mean ± std over seeds), trainable %, the XLA
-memory of the (uncached) train step at batch × max_length and its ratio to full
-fine-tuning, and the median step time. LST and the probe train on backbone
-states cached once (the backbone is frozen, so this changes no gradient); the
-uncached LST step is compiled and timed separately for the memory/time columns.
+fine-tuning, bottleneck adapters, LoRA (q, v) and BitFit. Every method trained
+by gradient gets the same number of Adam steps over the same examples in the
+same order (``epochs``); the convex linear probe runs ``probe_epochs`` on cached
+features so that it is converged. Reported: test/dev accuracy (mean ± std over
+seeds), trainable %, the XLA memory of the (uncached) train step at batch ×
+max_length and its ratio to full fine-tuning, the median step time, and where
+the CPU time went. LST and the probe train on backbone states cached once (the
+backbone is frozen, so this changes no gradient); the uncached LST step is
+compiled and timed separately for the memory/time columns.
 
 Baselines that backpropagate through the backbone start from the trained probe
 head (LP-FT, Kumar et al., ICLR 2022; ``baseline_head="random"`` turns it off).
 
-Expected: LST memory ≈ 0.31× full FT and step time ≈ 0.3–0.4× (paper: 0.31×);
-adapters/LoRA/BitFit ≈ 0.5× memory on this CPU. ``reference/data.md`` §4 quotes
-a probe of 0.78 on a random snippet split with 1,536 training examples; split by
-movie with 1,024 (quick) the probe reaches ≈ 0.73 (scikit-learn logistic
-regression on the same features: 0.727 at best C), and LST ≈ 0.74. Runtime:
-quick ≈ 980 CPU-seconds, i.e. ≈ 9–11 min on an idle 2-core CPU (51 min wall on
-the shared machine at load ≈ 11); full ≈ 3 h on 2 idle cores.
+Measured (quick: 1 seed, 1,024 training snippets, 48 steps, 40 tokens, 11% of
+snippets truncated): test accuracy on 512 snippets probe 0.715, LST-prune
+0.721, LST-random 0.727, full FT 0.719, adapters 0.727, LoRA 0.723, BitFit
+0.746. One binomial standard error is 2.0 points (2.8 for a difference of two
+methods), so all of these are ties, BitFit's +2.7 over full FT included: LST
+beats the probe (+0.6 / +1.2) and is within 2 points of full FT (+0.2 / +0.8),
+but neither margin is resolved by this test set. Step memory / full FT at 32 × 40: LST 0.31, probe 0.21,
+adapters 0.50, LoRA 0.49, BitFit 0.47; LST step time 0.31× full FT.
+``reference/data.md`` §4 quotes a probe of 0.78 on a random snippet split with
+1,536 training examples; split by movie with 1,024 the probe reaches ≈ 0.72.
+Runtime: quick 365 CPU-seconds (user + sys), 15.5 min wall measured on the
+shared 2-core machine at load ≈ 9–11 (the job got 39% of one core on
+average), i.e. ≈ 3–6 min on an idle 2-core CPU; full (3 seeds, ≈ 9k training
+snippets, 64 tokens, 3 epochs = ≈ 840 steps for every method) ≈ 17,000
+CPU-seconds, 2.5–5 h on 2 idle cores (estimated from the per-step CPU costs,
+not measured).
 
 Run: ``jaxlab run ladder --quick``
 """
@@ -44,7 +56,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxlab import data, ladder, train
+from jaxlab import data, ladder, parallel, train
 from jaxlab.nn import bert, peft
 from jaxlab.report import Report
 
@@ -69,11 +81,10 @@ class Config:
     train_size: int = 0  # examples per split after the movie split; 0 = all
     dev_size: int = 0
     test_size: int = 0
-    max_length: int = 64
+    max_length: int = 64  # 0.05% of snippets are longer (see results.json)
     batch_size: int = 32
-    epochs: float = 3.0  # full FT, adapters, LoRA, BitFit
-    lst_epochs: float = 10.0
-    probe_epochs: float = 20.0
+    epochs: float = 3.0  # every gradient-trained method: LST, full, adapter, ...
+    probe_epochs: float = 20.0  # convex head on cached features, run to convergence
     lr_full: float = 5e-5
     lr_adapter: float = 1e-3
     lr_lora: float = 1e-3
@@ -93,13 +104,20 @@ class Config:
 
     @classmethod
     def quick(cls) -> Config:
+        """CPU preset: one seed, 1,024 training snippets, 48 steps per method.
+
+        Every gradient-trained method (LST ×2, full FT, adapters, LoRA, BitFit)
+        takes the same 48 Adam steps (1.5 epochs) over the same 1,024 snippets;
+        sequences are cut at 40 tokens (12.5% of snippets are longer; median
+        26 tokens).
+        """
         return cls(
+            num_seeds=1,
             train_size=1024,
             dev_size=256,
             test_size=512,
-            max_length=48,
-            epochs=1.0,
-            lst_epochs=5.0,
+            max_length=40,
+            epochs=1.5,
             lr_full=1e-4,
             fisher_examples=64,
             timing_steps=3,
@@ -113,6 +131,7 @@ class Config:
 def run(config: Config, out_dir: pathlib.Path) -> dict:
     _validate(config)
     t_start = time.perf_counter()
+    cpu_start = time.process_time()
     key = jr.key(config.seed)
     split_key, sub_key, train_key = jr.split(key, 3)
 
@@ -120,12 +139,21 @@ def run(config: Config, out_dir: pathlib.Path) -> dict:
     splits, split_info = _movie_split(split_key, sub_key, config)
     minilm = bert.load_minilm()
     weights = bert.load_weights()
+    lengths = np.array(
+        [len(e.ids) for e in minilm.tokenizer.encode_batch(splits["train"]["text"])]
+    )
+    length_info = {
+        "max_length": config.max_length,
+        "mean": float(lengths.mean()),
+        **{f"p{q}": float(np.percentile(lengths, q)) for q in (50, 90, 95, 99, 100)},
+        "truncated_fraction": float(np.mean(lengths > config.max_length)),
+    }
     for part in splits.values():
         ids, mask = minilm.tokenize(
             part["text"], max_length=config.max_length, length=config.max_length
         )
         part.update(input_ids=ids, attention_mask=mask)
-    truncated = float(np.mean(splits["train"]["attention_mask"][:, -1]))
+    truncated = length_info["truncated_fraction"]
 
     def fresh(method, seed_key):
         backbone = bert.bert_from_weights(weights)
@@ -143,6 +171,7 @@ def run(config: Config, out_dir: pathlib.Path) -> dict:
     # Frozen-backbone states, computed once (LST ladders + probe features).
     needs_cache = any(m.startswith("lst") or m == "probe" for m in config.methods)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     if needs_cache:
         tapper = fresh("lst_random", jr.key(0))
         for part in splits.values():
@@ -156,13 +185,21 @@ def run(config: Config, out_dir: pathlib.Path) -> dict:
             if config.cache_taps:
                 part["taps"] = taps
     cache_s = time.perf_counter() - t0
+    cache_cpu = time.process_time() - c0
 
     # ---------------------------------------------------------------- train
-    results, curves, fisher_info = {}, {}, {}
+    results, curves, fisher_info, step_cache = {}, {}, {}, {}
     probe_heads = None  # per-seed trained probe heads
     for method in config.methods:
         out = _run_method(
-            method, config, splits, fresh, train_key, probe_heads, fisher_info
+            method,
+            config,
+            splits,
+            fresh,
+            train_key,
+            probe_heads,
+            fisher_info,
+            step_cache,
         )
         results[method], curves[method] = out["summary"], out["curve"]
         if method == "probe":
@@ -184,11 +221,14 @@ def run(config: Config, out_dir: pathlib.Path) -> dict:
         "config": dataclasses.asdict(config),
         "split": split_info,
         "truncated_fraction_train": truncated,
+        "token_lengths_train": length_info,
         "cache_seconds": cache_s,
+        "cache_cpu_seconds": cache_cpu,
         "fisher": fisher_info,
         "methods": results,
         "verdict": verdict,
         "wall_seconds": wall,
+        "cpu_seconds": time.process_time() - cpu_start,
         "load_avg_1min_at_end": os.getloadavg()[0],
         "platform": jax.devices()[0].platform,
         "cores": os.cpu_count(),
@@ -206,19 +246,23 @@ def _validate(config: Config) -> None:
     bad = [m for m in config.methods if m not in ALL_METHODS]
     if bad or not config.methods:
         raise ValueError(f"methods={config.methods!r}; allowed: {ALL_METHODS}.")
-    if "lst_prune" in config.methods and "probe" in config.methods:
-        if config.methods.index("probe") > config.methods.index("lst_prune"):
-            raise ValueError(
-                "methods: 'probe' must come before 'lst_prune' (its head defines "
-                "the Fisher loss)."
-            )
+    ms = config.methods
+    if (
+        "lst_prune" in ms
+        and "probe" in ms
+        and ms.index("probe") > ms.index("lst_prune")
+    ):
+        raise ValueError(
+            "methods: 'probe' must come before 'lst_prune' (its head defines "
+            "the Fisher loss)."
+        )
     if len(config.split) != 3:
         raise ValueError(
             f"split={config.split!r}; need three fractions (train, dev, test)."
         )
     if config.num_seeds < 1:
         raise ValueError(f"num_seeds={config.num_seeds!r}; must be ≥ 1.")
-    for name in ("epochs", "lst_epochs", "probe_epochs"):
+    for name in ("epochs", "probe_epochs"):
         if not getattr(config, name) > 0:
             raise ValueError(f"{name}={getattr(config, name)!r}; must be > 0.")
     if config.baseline_head not in ("probe", "random"):
@@ -249,9 +293,9 @@ def _movie_split(split_key, sub_key, config):
             "movie": movie_col[rows],
         }
         info[name] = {
-            "movies": int(len(idx)),
+            "movies": len(idx),
             "examples_in_split": int(total),
-            "examples_used": int(len(rows)),
+            "examples_used": len(rows),
             "fresh_fraction": float(np.mean(out[name]["label"])),
         }
     seen = [set(out[n]["movie"]) for n in names]
@@ -297,17 +341,19 @@ def _optimizer(method, config, num_steps):
     return optax.adam(schedule), lr
 
 
-def _run_method(method, config, splits, fresh, train_key, probe_heads, fisher_info):
+def _run_method(
+    method, config, splits, fresh, train_key, probe_heads, fisher_info, step_cache
+):
     from tqdm.auto import tqdm
 
+    timer = {"compile": 0.0, "train": 0.0, "eval": 0.0}  # CPU seconds (process)
+
     trainable = peft.trainable_filter("lst" if method.startswith("lst") else method)
-    epochs = {"probe": config.probe_epochs}.get(
-        method, config.lst_epochs if method.startswith("lst") else config.epochs
-    )
+    epochs = config.probe_epochs if method == "probe" else config.epochs
     train_data = _inputs(method, splits["train"], config)
     n_train = len(train_data["label"])
     steps_per_epoch = n_train // config.batch_size
-    num_steps = max(1, int(round(epochs * steps_per_epoch)))
+    num_steps = max(1, round(epochs * steps_per_epoch))
     opt, lr = _optimizer(method, config, num_steps)
     importance = None
     if method == "lst_prune":
@@ -322,6 +368,7 @@ def _run_method(method, config, splits, fresh, train_key, probe_heads, fisher_in
         and probe_heads is not None
     )
     show = os.environ.get("JAXLAB_PROGRESS", "1") != "0"
+    mesh = parallel.default_mesh()
     for s in range(config.num_seeds):
         seed_key = jr.fold_in(train_key, s)
         model = fresh(method, jr.fold_in(seed_key, 0))
@@ -330,15 +377,31 @@ def _run_method(method, config, splits, fresh, train_key, probe_heads, fisher_in
         if importance is not None:
             peft.init_side_from_backbone(model, importance)
         graphdef, state = train.init_state(model, opt, trainable)
+        # `--set mesh=...`: batch on the data axis; params replicated, or FSDP
+        # when the mesh has a model axis (the same placement `train.fit` uses).
+        state, shardings = train.place_state(state, mesh)
         batches = data.Batcher(jr.fold_in(seed_key, 1), train_data, config.batch_size)
         if compiled is None:
-            step = train.make_train_step(
-                graphdef, peft.classification_loss, opt, trainable
+            # One compilation per method (shared by both LST inits: same graph,
+            # shapes and schedule), reused for every seed.
+            cache_key = (
+                "lst" if method.startswith("lst") else method,
+                lr,
+                num_steps,
             )
-            first = _device(batches(0))
-            compiled = step.lower(state, first, seed_key).compile()
+            c0 = time.process_time()
+            if cache_key not in step_cache:
+                step = train.make_train_step(
+                    graphdef, peft.classification_loss, opt, trainable,
+                    state_sharding=shardings,
+                )
+                first = _device(batches(0), mesh)
+                step_cache[cache_key] = step.lower(state, first, seed_key).compile()
+            compiled = step_cache[cache_key]
             memory = ladder.compiled_memory(compiled)
+            timer["compile"] += time.process_time() - c0
         times, losses = [], []
+        c0 = time.process_time()
         bar = tqdm(
             range(num_steps),
             desc=f"{method} seed {s}",
@@ -346,7 +409,7 @@ def _run_method(method, config, splits, fresh, train_key, probe_heads, fisher_in
             disable=not show or None,
         )
         for i in bar:
-            batch = _device(batches(i))
+            batch = _device(batches(i), mesh)
             t0 = time.perf_counter()
             state, metrics = compiled(state, batch, seed_key)
             loss = float(metrics["loss"])  # syncs: the step time is complete
@@ -354,12 +417,15 @@ def _run_method(method, config, splits, fresh, train_key, probe_heads, fisher_in
             losses.append(loss)
             if not np.isfinite(loss):
                 raise FloatingPointError(f"{method} seed {s}: loss {loss} at step {i}")
+        timer["train"] += time.process_time() - c0
+        c0 = time.process_time()
         trained = nnx.merge(graphdef, state.params, state.rest)
         test = _inputs(method, splits["test"], config)
         accs.append(peft.accuracy(trained, test, batch_size=config.eval_batch))
         if len(splits["dev"]["label"]):
             dev = _inputs(method, splits["dev"], config)
             dev_accs.append(peft.accuracy(trained, dev, batch_size=config.eval_batch))
+        timer["eval"] += time.process_time() - c0
         step_times.append(statistics.median(times[1:] or times))
         if s == 0:
             curve = losses
@@ -382,13 +448,16 @@ def _run_method(method, config, splits, fresh, train_key, probe_heads, fisher_in
         "train_step_ms": 1e3 * statistics.median(step_times),
         "train_step_memory_bytes": memory["total"],
         "head_init": "linear probe (LP-FT)" if lp_ft else "random",
+        "cpu_seconds": timer,
         "trains_on": "cached backbone states"
         if "features" in train_data or "taps" in train_data
         else "tokens",
     }
     # Memory and time of the real (uncached) step at batch × max_length.
     if "features" in train_data or "taps" in train_data:
+        c0 = time.process_time()
         real = _uncached_step(method, config, splits, fresh, train_key)
+        timer["uncached_step"] = time.process_time() - c0
         summary.update(
             memory_bytes=real["memory"]["total"],
             memory=real["memory"],
@@ -437,7 +506,7 @@ def _uncached_step(method, config, splits, fresh, train_key):
 
 def _fisher(config, splits, fresh, train_key, probe_head, info):
     """Fisher importance of the backbone under the probe's cross-entropy."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     clf = fresh("probe", jr.fold_in(train_key, 999))
     if probe_head is not None:
         clf.head = probe_head
@@ -454,11 +523,15 @@ def _fisher(config, splits, fresh, train_key, probe_head, info):
         examples=int(n),
         head="trained linear probe" if probe_head is not None else "random",
         seconds=time.perf_counter() - t0,
+        cpu_seconds=time.process_time() - c0,
     )
     return fisher
 
 
-def _device(batch):
+def _device(batch, mesh=None):
+    """The batch on device: sharded on the mesh's data axis when there is one."""
+    if mesh is not None:
+        return parallel.shard_batch(batch, mesh)
     return jax.tree.map(jnp.asarray, batch)
 
 
@@ -499,19 +572,33 @@ def _write(out_dir, config, summary, curves):
         f"{sp['test']['examples_used']} (train/dev/test). Sequences padded/truncated "
         f"to {config.max_length} tokens "
         f"({100 * summary['truncated_fraction_train']:.1f}% "
-        f"of training snippets truncated); batch {config.batch_size}; Adam with "
-        f"{int(100 * config.warmup)}% linear warm-up then linear decay; "
-        f"{config.num_seeds} seeds (mean ± sample std). Methods that backpropagate "
-        "through the backbone start from the same seed's trained linear-probe head "
+        f"of training snippets truncated; token lengths median "
+        f"{summary['token_lengths_train']['p50']:.0f}, 90th percentile "
+        f"{summary['token_lengths_train']['p90']:.0f}, 99th "
+        f"{summary['token_lengths_train']['p99']:.0f}, max "
+        f"{summary['token_lengths_train']['p100']:.0f}); batch "
+        f"{config.batch_size}; Adam with {int(100 * config.warmup)}% linear "
+        f"warm-up then linear decay; {config.num_seeds} seed(s) (mean ± sample "
+        "std). Methods that backpropagate through the backbone start from the "
+        "same seed's trained linear-probe head "
         "when `baseline_head='probe'` (LP-FT, Kumar et al., ICLR 2022); LST keeps "
-        "its own randomly initialized head and up-sampler."
+        "its own randomly initialized head and up-sampler. Same budget: every "
+        "gradient-trained method (both LSTs, full FT, adapters, LoRA, BitFit) "
+        f"takes the same {_steps(config, 'full', summary)} Adam steps "
+        f"({config.epochs:g} epochs) over the same training examples in the same "
+        "order per seed; only the learning rate differs (column below). The linear "
+        f"probe is a convex logistic regression on cached features and runs "
+        f"{config.probe_epochs:g} epochs so that it is converged: extra epochs can "
+        "only make this baseline stronger."
     )
     rows = []
     for r in methods.values():
         rows.append(
             [
                 r["label"],
-                f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f}",
+                f"{r['test_acc_mean']:.4f} ± {r['test_acc_std']:.4f}"
+                if len(r["test_acc"]) > 1
+                else f"{r['test_acc_mean']:.4f} (1 seed)",
                 "—" if r["dev_acc_mean"] is None else f"{r['dev_acc_mean']:.4f}",
                 f"{r['trainable_pct']:.3f}",
                 r["memory_bytes"] / 2**20,
@@ -575,6 +662,16 @@ def _write(out_dir, config, summary, curves):
         if parts:
             lines.append(f"- {LABELS[name]} " + " and ".join(parts) + ".")
     if lines:
+        n_test = summary["split"]["test"]["examples_used"]
+        p = np.mean([r["test_acc_mean"] for r in methods.values()])
+        se = 100 * np.sqrt(p * (1 - p) / n_test)
+        lines.append(
+            f"- Resolution: one binomial standard error of an accuracy on the "
+            f"{n_test} test snippets is {se:.1f} points (test-set sampling; "
+            "averaging seeds does not reduce it), ≈ "
+            f"{se * np.sqrt(2):.1f} for a difference of two methods, so smaller "
+            "gaps are not resolved."
+        )
         report.text("Verdict (mean test accuracy over seeds):\n\n" + "\n".join(lines))
     if summary["fisher"]:
         f = summary["fisher"]
@@ -583,6 +680,30 @@ def _write(out_dir, config, summary, curves):
             f"at "
             f"batch size 1 with the {f['head']} head ({f['seconds']:.0f} s)."
         )
+    cpu_rows = [
+        [
+            r["label"],
+            f"{r['cpu_seconds']['compile']:.1f}",
+            f"{r['cpu_seconds']['train']:.1f}",
+            f"{r['cpu_seconds']['eval']:.1f}",
+            f"{r['cpu_seconds'].get('uncached_step', 0.0):.1f}",
+        ]
+        for r in methods.values()
+    ]
+    report.table(
+        ["method", "compile", "train", "evaluate", "uncached step (memory/time)"],
+        cpu_rows,
+        caption=(
+            "Where the CPU time went (process CPU seconds, all seeds). Backbone "
+            f"cache: {summary['cache_cpu_seconds']:.0f} s"
+            + (
+                f"; Fisher pass: {summary['fisher']['cpu_seconds']:.0f} s"
+                if summary["fisher"]
+                else ""
+            )
+            + f"; whole run: {summary['cpu_seconds']:.0f} s."
+        ),
+    )
     report.figure(
         _accuracy_figure(methods), "accuracy", "test accuracy (mean ± std over seeds)"
     )
@@ -600,6 +721,13 @@ def _write(out_dir, config, summary, curves):
         f"{' --quick' if config == Config.quick() else ''}`."
     )
     return report.write(summary)
+
+
+def _steps(config, method, summary):
+    row = summary["methods"].get(method) or next(
+        (r for m, r in summary["methods"].items() if m != "probe"), None
+    )
+    return row["steps"] if row else "the same number of"
 
 
 def _accuracy_figure(methods):

@@ -410,17 +410,19 @@ def config_from_weights(weights: dict[str, np.ndarray], **overrides) -> BertConf
     layers = 1 + max(
         int(k.split(".")[2]) for k in weights if k.startswith("encoder.layer.")
     )
-    kwargs = dict(
-        vocab_size=vocab,
-        hidden_size=d,
-        num_layers=layers,
-        num_heads=MINILM_L6.num_heads,
-        intermediate_size=weights["encoder.layer.0.intermediate.dense.weight"].shape[0],
-        max_position_embeddings=weights["embeddings.position_embeddings.weight"].shape[
+    kwargs = {
+        "vocab_size": vocab,
+        "hidden_size": d,
+        "num_layers": layers,
+        "num_heads": MINILM_L6.num_heads,
+        "intermediate_size": weights["encoder.layer.0.intermediate.dense.weight"].shape[
             0
         ],
-        type_vocab_size=weights["embeddings.token_type_embeddings.weight"].shape[0],
-    )
+        "max_position_embeddings": weights[
+            "embeddings.position_embeddings.weight"
+        ].shape[0],
+        "type_vocab_size": weights["embeddings.token_type_embeddings.weight"].shape[0],
+    }
     kwargs.update(overrides)
     return BertConfig(**kwargs)
 
@@ -512,7 +514,9 @@ def tokenize(
         ``(ids [N, L] int32, mask [N, L] int32)``.
     """
     if isinstance(sentences, str):
-        raise ValueError("sentences must be a sequence of strings, not one str.")
+        raise ValueError(  # noqa: TRY004 -- house style: bad argument values
+            "sentences must be a sequence of strings, not one str."
+        )
     if max_length < 2:
         raise ValueError(f"max_length={max_length!r}; must be ≥ 2 ([CLS] and [SEP]).")
     if length is not None and length > max_length:

@@ -282,7 +282,7 @@ class LadderSideNetwork(nnx.Module):
             raise ValueError(f"num_classes={num_classes!r}; must be ≥ 2.")
         scfg = side_config(config, reduction, len(side_layers))
         d, ds = config.hidden_size, scfg.hidden_size
-        dense = dict(rngs=rngs, param_type=PeftParam)
+        dense = {"rngs": rngs, "param_type": PeftParam}
         self.backbone = backbone
         self.config = config
         self.side = scfg
@@ -442,7 +442,7 @@ def side_tune(
         ``jaxlab.train.FitResult``.
     """
     if not isinstance(model, LadderSideNetwork):
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004 -- house style: bad argument values
             f"model is a {type(model).__name__}; need a LadderSideNetwork."
         )
     from jaxlab import train

@@ -1,5 +1,6 @@
 """Tests for jaxlab.nn.bert: the MiniLM port against sentence-transformers."""
 
+import itertools
 import json
 import pathlib
 import sys
@@ -132,7 +133,7 @@ def test_tiny_bert_shapes_under_jit():
     # Each block changes the state (no silently skipped layer).
     assert all(
         np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
-        for a, b in zip(hidden, hidden[1:], strict=False)
+        for a, b in itertools.pairwise(hidden)
     )
 
 
@@ -170,10 +171,10 @@ def test_pick_bucket():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(hidden_size=10, num_heads=4), "hidden_size=10"),
-        (dict(num_layers=0), "num_layers=0"),
-        (dict(layer_norm_eps=0.0), "layer_norm_eps"),
-        (dict(head_dim=0), "head_dim=0"),
+        ({"hidden_size": 10, "num_heads": 4}, "hidden_size=10"),
+        ({"num_layers": 0}, "num_layers=0"),
+        ({"layer_norm_eps": 0.0}, "layer_norm_eps"),
+        ({"head_dim": 0}, "head_dim=0"),
     ],
 )
 def test_bad_config_raises(kwargs, match):
