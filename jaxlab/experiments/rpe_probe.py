@@ -49,6 +49,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxlab import parallel
 from jaxlab.nn import transformer as tr
 from jaxlab.report import Report, pyplot
 
@@ -235,7 +236,20 @@ def _train_row(key, model_cfg, members, optimizer, config, pad):
             loss=loss, acc=acc, guess=extra["guess"], probs=extra["probs"],
         )
 
+    # The members (one model each) are this loop's batch: with `--set mesh=...`
+    # they are split over the mesh's data axis (each device trains its own
+    # models; nothing crosses devices), padded with copies of the last member
+    # up to a multiple of the axis size; the copies are dropped afterwards.
+    mesh = parallel.default_mesh()
+    count = len(members)
+    if mesh is not None:
+        extra = -count % mesh.shape[parallel.DATA]
+        params, n, is_cls = jax.tree.map(
+            lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], extra, axis=0)]),
+            (params, n, is_cls))
+        params, n, is_cls = parallel.shard_batch((params, n, is_cls), mesh)
     out = jax.jit(jax.vmap(train_one))(params, n, is_cls)
+    out = jax.tree.map(lambda a: a[:count], out)
     out["eval_lengths"] = eval_n
     return out
 
