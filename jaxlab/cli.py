@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:14s} {experiments.describe(name)}")
             return 0
         if args.command == "run":
-            run_experiment(args.name, quick=args.quick, overrides=args.set, out=args.out)
+            run_experiment(
+                args.name, quick=args.quick, overrides=args.set, out=args.out
+            )
             return 0
         return reproduce(quick=args.quick, out=args.out)
     except experiments.ConfigError as err:
@@ -53,12 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run_experiment(name: str, *, quick: bool = False, overrides=(), out=DEFAULT_OUT) -> dict:
+def run_experiment(
+    name: str, *, quick: bool = False, overrides=(), out=DEFAULT_OUT
+) -> dict:
     """Run one experiment into ``out/NAME`` and return its results."""
     module = experiments.load(name)
     config = module.Config.quick() if quick else module.Config.full()
     overrides = list(overrides or [])
-    mesh_specs = [o.partition("=")[2] for o in overrides if o.partition("=")[0].strip() == "mesh"]
+    mesh_specs = [
+        o.partition("=")[2] for o in overrides if o.partition("=")[0].strip() == "mesh"
+    ]
     overrides = [o for o in overrides if o.partition("=")[0].strip() != "mesh"]
     config = experiments.apply_overrides(config, overrides)
     if mesh_specs:
@@ -70,13 +76,20 @@ def run_experiment(name: str, *, quick: bool = False, overrides=(), out=DEFAULT_
             raise experiments.ConfigError(str(err)) from None
     out_dir = pathlib.Path(out) / name
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-    print(f"jaxlab: running {name} ({'quick' if quick else 'full'}) -> {out_dir}",
-          file=sys.stderr)
+    (out_dir / "config.json").write_text(
+        json.dumps(dataclasses.asdict(config), indent=2)
+    )
+    print(
+        f"jaxlab: running {name} ({'quick' if quick else 'full'}) -> {out_dir}",
+        file=sys.stderr,
+    )
     start = time.perf_counter()
     results = module.run(config, out_dir)
-    print(f"jaxlab: {name} finished in {time.perf_counter() - start:.1f} s; "
-          f"report: {out_dir / 'report.md'}", file=sys.stderr)
+    print(
+        f"jaxlab: {name} finished in {time.perf_counter() - start:.1f} s; "
+        f"report: {out_dir / 'report.md'}",
+        file=sys.stderr,
+    )
     return results
 
 
@@ -96,7 +109,8 @@ def reproduce(*, quick: bool = False, out=DEFAULT_OUT) -> int:
             status = "ok"
         except Exception as err:  # keep going: one failure must not stop the rest
             traceback.print_exc()
-            status = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            first = str(err).splitlines()[0] if str(err) else ""
+            status = f"failed: {type(err).__name__}: {first}"
         seconds = time.perf_counter() - start
         rows.append((name, status, seconds))
         print(f"jaxlab: {name}: {status} ({seconds:.0f} s)", file=sys.stderr)
@@ -110,11 +124,16 @@ def reproduce(*, quick: bool = False, out=DEFAULT_OUT) -> int:
     ]
     for name, status, seconds in rows:
         link = f"[{name}/report.md]({name}/report.md)" if status == "ok" else "—"
-        lines.append(f"| {name} | {status.replace('|', '/')} | {seconds:.0f} | {link} |")
+        lines.append(
+            f"| {name} | {status.replace('|', '/')} | {seconds:.0f} | {link} |"
+        )
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
     failed = [name for name, status, _ in rows if status != "ok"]
-    print(f"jaxlab: wrote {out_dir / 'report.md'}; "
-          f"{len(rows) - len(failed)} ok, {len(failed)} failed", file=sys.stderr)
+    print(
+        f"jaxlab: wrote {out_dir / 'report.md'}; "
+        f"{len(rows) - len(failed)} ok, {len(failed)} failed",
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
@@ -133,11 +152,19 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one experiment")
     run.add_argument("name")
     run.add_argument("--quick", action="store_true", help="CPU-minutes preset")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a Config field (repeatable); mesh=N runs data-parallel")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a Config field (repeatable); mesh=N runs data-parallel",
+    )
     run.add_argument("--out", default=DEFAULT_OUT, help="output root (default: runs)")
-    run.add_argument("--distributed", action="store_true",
-                     help="join a multi-process job (jax.distributed.initialize)")
+    run.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process job (jax.distributed.initialize)",
+    )
     rep = sub.add_parser("reproduce", help="run every experiment and write an index")
     rep.add_argument("--quick", action="store_true")
     rep.add_argument("--out", default=DEFAULT_OUT)

@@ -43,11 +43,15 @@ def frechet_distance_from_stats(mu1, cov1, mu2, cov2) -> Array:
     return jnp.dot(diff, diff) + jnp.trace(cov1) + jnp.trace(cov2) - 2.0 * cross
 
 
-def frechet_distance(feats_a: Float[Array, "N D"], feats_b: Float[Array, "M D"]) -> Array:
+def frechet_distance(
+    feats_a: Float[Array, "N D"], feats_b: Float[Array, "M D"]
+) -> Array:
     """Fréchet distance between Gaussian fits of two feature sets (same D)."""
     chex.assert_rank([feats_a, feats_b], 2)
     if feats_a.shape[1] != feats_b.shape[1]:
         raise ValueError(
             f"feature dims differ: feats_a {feats_a.shape} vs feats_b {feats_b.shape}"
         )
-    return frechet_distance_from_stats(*gaussian_stats(feats_a), *gaussian_stats(feats_b))
+    return frechet_distance_from_stats(
+        *gaussian_stats(feats_a), *gaussian_stats(feats_b)
+    )

@@ -70,7 +70,9 @@ _DEFAULT: list[Mesh | None] = [None]
 
 
 def make_mesh(
-    num_devices: int | None = None, axis_names: Sequence[str] = (DATA,), *,
+    num_devices: int | None = None,
+    axis_names: Sequence[str] = (DATA,),
+    *,
     shape: Sequence[int] | None = None,
 ) -> Mesh:
     """A mesh over the first devices of all processes.
@@ -92,8 +94,7 @@ def make_mesh(
         shape = tuple(shape)
         if len(shape) != len(axis_names) or len(set(axis_names)) != len(axis_names):
             raise ValueError(
-                f"shape {shape} must give one size per distinct axis name "
-                f"{axis_names}"
+                f"shape {shape} must give one size per distinct axis name {axis_names}"
             )
         if any(not isinstance(n, (int, np.integer)) or n < 1 for n in shape):
             raise ValueError(f"shape must hold positive ints, got {shape}")
@@ -106,7 +107,9 @@ def make_mesh(
         return Mesh(np.asarray(devices[:total]).reshape(shape), axis_names)
     n = len(devices) if num_devices is None else num_devices
     if not isinstance(n, (int, np.integer)) or not 1 <= n <= len(devices):
-        raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices!r}")
+        raise ValueError(
+            f"num_devices must be in [1, {len(devices)}], got {num_devices!r}"
+        )
     if len(axis_names) != 1:
         raise ValueError(f"axis_names must name exactly one axis, got {axis_names}")
     return Mesh(np.asarray(devices[:n]), axis_names)
@@ -204,14 +207,19 @@ def replicate(tree, mesh: Mesh):
 
 
 def batch_sharding(mesh: Mesh, axis: str = DATA) -> NamedSharding:
-    """``NamedSharding(mesh, P(axis))``: rows split over ``axis``, for ``out_shardings``."""
+    """``NamedSharding(mesh, P(axis))``: rows split over ``axis``."""
     _check_axis(mesh, axis, "axis")
     return NamedSharding(mesh, P(axis))
 
 
-def fsdp_spec(shape: Sequence[int], axis_size: int, axis: str = MODEL, *,
-              min_size: int = FSDP_MIN_SIZE) -> P:
-    """The FSDP partition of one array: its largest dimension divisible by ``axis_size``.
+def fsdp_spec(
+    shape: Sequence[int],
+    axis_size: int,
+    axis: str = MODEL,
+    *,
+    min_size: int = FSDP_MIN_SIZE,
+) -> P:
+    """The FSDP partition of one array: its largest dim divisible by ``axis_size``.
 
     Arrays with fewer than ``min_size`` elements, or with no dimension
     divisible by ``axis_size``, are replicated (``P()``). Ties go to the
@@ -239,8 +247,7 @@ def fsdp_spec(shape: Sequence[int], axis_size: int, axis: str = MODEL, *,
     return P(*([None] * best + [axis]))
 
 
-def shard_params(tree, mesh: Mesh, axis: str = MODEL, *,
-                 min_size: int = FSDP_MIN_SIZE):
+def shard_params(tree, mesh: Mesh, axis: str = MODEL, *, min_size: int = FSDP_MIN_SIZE):
     """Place every array of ``tree`` FSDP-style: split on ``axis``, else replicated.
 
     Each array is split along the dimension chosen by :func:`fsdp_spec`
@@ -268,8 +275,13 @@ def shard_params(tree, mesh: Mesh, axis: str = MODEL, *,
     return jax.tree.map(put, tree)
 
 
-def batch_map(fn: Callable[..., Any], mesh: Mesh, *, axis: str = DATA,
-              batched: Sequence[bool] | None = None) -> Callable[..., Any]:
+def batch_map(
+    fn: Callable[..., Any],
+    mesh: Mesh,
+    *,
+    axis: str = DATA,
+    batched: Sequence[bool] | None = None,
+) -> Callable[..., Any]:
     """Run a row-wise batched ``fn`` on each device's rows (``jax.shard_map``).
 
     ``fn(*args)`` must be row-wise: row i of every output depends only on row i
@@ -315,8 +327,9 @@ def batch_map(fn: Callable[..., Any], mesh: Mesh, *, axis: str = DATA,
                         f"{size} devices of mesh axis {axis!r}, got {np.shape(leaf)}"
                     )
         specs = tuple(P(axis) if flag else P() for flag in flags)
-        return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(axis),
-                             check_vma=False)(*args)
+        return jax.shard_map(
+            fn, mesh=mesh, in_specs=specs, out_specs=P(axis), check_vma=False
+        )(*args)
 
     return wrapped
 
@@ -341,8 +354,14 @@ def initialize_distributed(
         process_id = int(env["JAXLAB_PROCESS_ID"])
     if num_processes is not None and num_processes < 1:
         raise ValueError(f"num_processes must be >= 1, got {num_processes}")
-    if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
-        raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+    if (
+        process_id is not None
+        and num_processes is not None
+        and not 0 <= process_id < num_processes
+    ):
+        raise ValueError(
+            f"process_id must be in [0, {num_processes}), got {process_id}"
+        )
     if env.get("JAX_PLATFORMS", "").startswith("cpu") or not env.get("JAX_PLATFORMS"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
@@ -351,7 +370,9 @@ def initialize_distributed(
 def _check_axis(mesh: Mesh, axis: str, name: str) -> None:
     """ValueError unless ``axis`` is an axis of ``mesh``."""
     if axis not in mesh.axis_names:
-        raise ValueError(f"{name}={axis!r} is not an axis of the mesh {mesh.axis_names}")
+        raise ValueError(
+            f"{name}={axis!r} is not an axis of the mesh {mesh.axis_names}"
+        )
 
 
 def _global_array(a, sharding: NamedSharding) -> jax.Array:

@@ -222,7 +222,7 @@ def t5_bias(
     return jnp.moveaxis(table[buckets], -1, -3)
 
 
-def alibi_slopes(num_heads: int) -> Float[Array, "H"]:
+def alibi_slopes(num_heads: int) -> Float[Array, " H"]:
     r"""ALiBi head slopes (Press et al. 2022, Sec. 3 and their reference code).
 
     For a power of two H the slopes are the geometric sequence
@@ -247,7 +247,7 @@ def alibi_slopes(num_heads: int) -> Float[Array, "H"]:
 
 
 def alibi_bias(
-    slopes: Float[Array, "H"], q_pos, k_pos
+    slopes: Float[Array, " H"], q_pos, k_pos
 ) -> Float[Array, "*B H Lq Lk"]:
     r"""ALiBi bias ``b_h(i, j) = −m_h |i − j|`` (Press et al. 2022, Eq. in Sec. 3).
 

@@ -10,7 +10,8 @@ import json
 import math
 import numbers
 import pathlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -103,8 +103,12 @@ def init_state(
 
 
 def make_train_step(
-    graphdef, loss_fn: LossFn, optimizer: optax.GradientTransformation,
-    trainable=nnx.Param, *, state_sharding=None,
+    graphdef,
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    trainable=nnx.Param,
+    *,
+    state_sharding=None,
 ):
     """Build ``step(state, batch, key) -> (state, metrics)``, jitted, state donated.
 
@@ -203,12 +207,17 @@ def fit(
         :class:`FitResult` with the trained model, the history (a list of dicts
         with ``step``, ``loss`` and the metrics) and the final :class:`TrainState`.
     """
-    for name, value in (("num_steps", num_steps), ("ckpt_every", ckpt_every),
-                        ("log_every", log_every)):
+    for name, value in (
+        ("num_steps", num_steps),
+        ("ckpt_every", ckpt_every),
+        ("log_every", log_every),
+    ):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if stop_after is not None and not 0 <= stop_after <= num_steps:
-        raise ValueError(f"stop_after must be in [0, num_steps={num_steps}], got {stop_after}")
+        raise ValueError(
+            f"stop_after must be in [0, num_steps={num_steps}], got {stop_after}"
+        )
     from . import parallel
 
     mesh = mesh if mesh is not None else parallel.default_mesh()
@@ -222,10 +231,12 @@ def fit(
         found = latest_checkpoint(ckpt_root)
         if found is not None:
             state, history = restore_checkpoint(found, state)
-    state, state_sharding = place_state(state, mesh, param_sharding=param_sharding,
-                                        fsdp_min_size=fsdp_min_size)
-    train_step = make_train_step(graphdef, loss_fn, optimizer, trainable,
-                                 state_sharding=state_sharding)
+    state, state_sharding = place_state(
+        state, mesh, param_sharding=param_sharding, fsdp_min_size=fsdp_min_size
+    )
+    train_step = make_train_step(
+        graphdef, loss_fn, optimizer, trainable, state_sharding=state_sharding
+    )
     start = int(state.step)
     end = num_steps if stop_after is None else stop_after
     history = [h for h in history if h["step"] <= start]
@@ -233,8 +244,14 @@ def fit(
     from tqdm.auto import tqdm
 
     show = os.environ.get("JAXLAB_PROGRESS", "1") != "0"
-    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not show or None,
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=num_steps,
+        initial=start,
+        desc=desc,
+        disable=not show or None,
+        dynamic_ncols=True,
+        leave=False,
+    )
     try:
         for step in range(start, end):
             batch = batch_fn(step)
@@ -248,11 +265,15 @@ def fit(
                 record = {"step": done, **_to_floats(metrics)}
                 bar.set_postfix(loss=f"{record['loss']:.4g}")
             if eval_fn is not None and (done % eval_every == 0 or done == num_steps):
-                extra = _to_floats(eval_fn(nnx.merge(graphdef, state.params, state.rest), done))
+                extra = _to_floats(
+                    eval_fn(nnx.merge(graphdef, state.params, state.rest), done)
+                )
                 record = {**(record or {"step": done}), **extra}
             if record is not None:
                 if not np.isfinite(record.get("loss", 0.0)):
-                    raise FloatingPointError(f"{desc}: loss is {record['loss']} at step {done}")
+                    raise FloatingPointError(
+                        f"{desc}: loss is {record['loss']} at step {done}"
+                    )
                 history.append(record)
             if ckpt_root is not None and (done % ckpt_every == 0 or done == num_steps):
                 save_checkpoint(ckpt_root, state, history)
@@ -263,8 +284,11 @@ def fit(
 
 
 def place_state(
-    state: TrainState, mesh: jax.sharding.Mesh | None, *,
-    param_sharding: str | None = None, fsdp_min_size: int = 1024,
+    state: TrainState,
+    mesh: jax.sharding.Mesh | None,
+    *,
+    param_sharding: str | None = None,
+    fsdp_min_size: int = 1024,
 ) -> tuple[TrainState, TrainState | None]:
     """Put a :class:`TrainState` on ``mesh``: replicated, or FSDP on the ``model`` axis.
 
@@ -295,10 +319,15 @@ def place_state(
         fsdp = mesh.shape.get(parallel.MODEL, 1) > 1
         param_sharding = "fsdp" if fsdp else "replicated"
     if param_sharding == "fsdp":
-        params, opt_state = parallel.shard_params((state.params, state.opt_state), mesh,
-                                                  min_size=fsdp_min_size)
-        state = TrainState(parallel.replicate(state.step, mesh), params, opt_state,
-                           parallel.replicate(state.rest, mesh))
+        params, opt_state = parallel.shard_params(
+            (state.params, state.opt_state), mesh, min_size=fsdp_min_size
+        )
+        state = TrainState(
+            parallel.replicate(state.step, mesh),
+            params,
+            opt_state,
+            parallel.replicate(state.rest, mesh),
+        )
     else:
         state = parallel.replicate(state, mesh)
     return state, jax.tree.map(lambda a: a.sharding, state)
@@ -313,8 +342,12 @@ def _check_placement(mesh, param_sharding) -> None:
             f"param_sharding must be one of {PARAM_SHARDINGS}, got {param_sharding!r}"
         )
     if mesh is not None and parallel.DATA not in mesh.axis_names:
-        raise ValueError(f"mesh must have a {parallel.DATA!r} axis, got {mesh.axis_names}")
-    if param_sharding == "fsdp" and (mesh is None or parallel.MODEL not in mesh.axis_names):
+        raise ValueError(
+            f"mesh must have a {parallel.DATA!r} axis, got {mesh.axis_names}"
+        )
+    if param_sharding == "fsdp" and (
+        mesh is None or parallel.MODEL not in mesh.axis_names
+    ):
         raise ValueError(
             f"param_sharding='fsdp' needs a mesh with a {parallel.MODEL!r} axis, got "
             f"{None if mesh is None else mesh.axis_names}"
@@ -326,8 +359,9 @@ def _check_placement(mesh, param_sharding) -> None:
 # --------------------------------------------------------------------------
 
 
-def save_checkpoint(root: str | os.PathLike, state: TrainState, history: list,
-                    *, keep: int = 2) -> pathlib.Path:
+def save_checkpoint(
+    root: str | os.PathLike, state: TrainState, history: list, *, keep: int = 2
+) -> pathlib.Path:
     """Save ``state`` and ``history`` as ``root/step_XXXXXXXX`` and seal it.
 
     Orbax writes to a temporary folder and renames it when complete; the
@@ -364,7 +398,9 @@ def latest_checkpoint(root: str | os.PathLike) -> pathlib.Path | None:
     return steps[-1] if steps else None
 
 
-def restore_checkpoint(path: str | os.PathLike, like: TrainState) -> tuple[TrainState, list]:
+def restore_checkpoint(
+    path: str | os.PathLike, like: TrainState
+) -> tuple[TrainState, list]:
     """Load a sealed checkpoint into the structure of ``like``.
 
     Raises:
@@ -376,19 +412,24 @@ def restore_checkpoint(path: str | os.PathLike, like: TrainState) -> tuple[Train
     if not manifest_path.exists():
         raise CheckpointError(
             f"checkpoint {path} is incomplete (no manifest: the save was interrupted); "
-            "delete that folder to resume from an earlier checkpoint, or use a new output dir"
+            "delete that folder to resume from an earlier checkpoint, "
+            "or use a new output dir"
         )
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} has an unreadable manifest: {err}") from err
+        raise CheckpointError(
+            f"checkpoint {path} has an unreadable manifest: {err}"
+        ) from err
     actual = _digests(path)
     if actual != manifest.get("files"):
         bad = sorted(set(actual.items()) ^ set(manifest.get("files", {}).items()))
         names = sorted({name for name, _ in bad})[:5]
         raise CheckpointError(
-            f"checkpoint {path} is corrupt: files differ from its manifest ({', '.join(names)}); "
-            "delete that folder to resume from an earlier checkpoint, or use a new output dir"
+            f"checkpoint {path} is corrupt: files differ from its manifest "
+            f"({', '.join(names)}); "
+            "delete that folder to resume from an earlier checkpoint, "
+            "or use a new output dir"
         )
     leaves_like, treedef = jax.tree.flatten(like)
     template = {"leaves": [_abstract(x) for x in leaves_like]}
@@ -398,7 +439,9 @@ def restore_checkpoint(path: str | os.PathLike, like: TrainState) -> tuple[Train
         raise CheckpointError(
             f"checkpoint {path} does not fit this model/optimizer: {err}"
         ) from err
-    leaves = [_unpack(saved, ref) for saved, ref in zip(restored["leaves"], leaves_like)]
+    leaves = [
+        _unpack(saved, ref) for saved, ref in zip(restored["leaves"], leaves_like)
+    ]
     history = json.loads((path / "history.json").read_text())
     return jax.tree.unflatten(treedef, leaves), history
 
@@ -461,7 +504,9 @@ def _digests(path: pathlib.Path) -> dict[str, str]:
     out = {}
     for file in sorted(path.rglob("*")):
         if file.is_file() and not file.name.startswith(_MANIFEST):
-            out[str(file.relative_to(path))] = hashlib.sha256(file.read_bytes()).hexdigest()
+            out[str(file.relative_to(path))] = hashlib.sha256(
+                file.read_bytes()
+            ).hexdigest()
     return out
 
 
@@ -469,4 +514,3 @@ def _to_floats(metrics: dict) -> dict:
     """Device scalars to Python floats (one host transfer for the dict)."""
     host = jax.device_get(metrics)
     return {k: float(np.asarray(v)) for k, v in host.items()}
-

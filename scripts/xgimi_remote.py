@@ -46,7 +46,8 @@ import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, NamedTuple, TextIO
+from collections.abc import Callable
+from typing import Any, NamedTuple, TextIO
 
 KEY_PORT = 16735
 ADVANCE_PORT = 16750
@@ -238,7 +239,9 @@ def resolve_host(host: str | None, resolver: Callable[..., Any] = socket.getaddr
             infos = resolver(text, None, type=socket.SOCK_DGRAM)
         except (OSError, UnicodeError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
-            raise ConfigError(f"cannot resolve projector host {text!r}: {reason}")
+            raise ConfigError(
+                f"cannot resolve projector host {text!r}: {reason}"
+            ) from exc
         if not infos:
             raise ConfigError(f"cannot resolve projector host {text!r}: no address")
         infos = sorted(infos, key=lambda info: info[0] != socket.AF_INET)

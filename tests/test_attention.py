@@ -151,7 +151,7 @@ def test_attention_each_normalizer_matches_reference():
     got = _all_normalizers(lambda n, *a: attn.attention(*a, normalizer=n))(q, k, v)
     for name in attn.NORMALIZERS:
         assert got[name].shape == (B, L, H, 5)
-        want = _np_attention(q, k, v, lambda x: _np_normalize(x, name))
+        want = _np_attention(q, k, v, lambda x: _np_normalize(x, name))  # noqa: B023
         np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-5, err_msg=name)
 
 

@@ -47,12 +47,19 @@ class _Cfg:
     limit: int | None = None
 
 
-@pytest.mark.parametrize("item, field, value", [
-    ("n=7", "n", 7), ("lr=1e-3", "lr", 1e-3), ("name=xy", "name", "xy"),
-    ("flag=true", "flag", True), ("flag=0", "flag", False),
-    ("sizes=3,4,5", "sizes", (3, 4, 5)), ("limit=none", "limit", None),
-    ("limit=9", "limit", 9),
-])
+@pytest.mark.parametrize(
+    "item, field, value",
+    [
+        ("n=7", "n", 7),
+        ("lr=1e-3", "lr", 1e-3),
+        ("name=xy", "name", "xy"),
+        ("flag=true", "flag", True),
+        ("flag=0", "flag", False),
+        ("sizes=3,4,5", "sizes", (3, 4, 5)),
+        ("limit=none", "limit", None),
+        ("limit=9", "limit", 9),
+    ],
+)
 def test_apply_overrides_parses_by_type(item, field, value):
     assert getattr(experiments.apply_overrides(_Cfg(), [item]), field) == value
 
@@ -64,8 +71,9 @@ def test_apply_overrides_rejects(item):
 
 
 def test_run_sanity_end_to_end(tmp_path):
-    results = cli.run_experiment("sanity", quick=True, out=tmp_path,
-                                 overrides=["steps=300"])
+    results = cli.run_experiment(
+        "sanity", quick=True, out=tmp_path, overrides=["steps=300"]
+    )
     out = tmp_path / "sanity"
     assert json.loads((out / "results.json").read_text())["steps"] == 300
     assert (out / "report.md").read_text().startswith("# sanity")
@@ -114,14 +122,20 @@ def test_every_experiment_follows_the_contract():
 
 
 def test_import_jaxlab_is_light():
-    code = ("import sys, time; t = time.perf_counter(); import jaxlab; "
-            "print(time.perf_counter() - t, 'flax' in sys.modules, 'jax' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    code = (
+        "import sys, time; t = time.perf_counter(); import jaxlab; "
+        "print(time.perf_counter() - t, 'flax' in sys.modules, 'jax' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[1:] == ["False", "False"]
 
 
 def test_python_dash_m_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "jaxlab", "run", "nosuch"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxlab", "run", "nosuch"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "available: sanity" in proc.stderr

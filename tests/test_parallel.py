@@ -102,21 +102,43 @@ def _free_port() -> int:
 def test_two_processes_train_like_one(tmp_path):
     """`jaxlab run --distributed` in 2 local CPU processes = the 1-process run."""
     base = {**os.environ, "JAX_PLATFORMS": "cpu", "JAXLAB_PROGRESS": "0"}
-    args = ["-m", "jaxlab", "run", "sanity", "--quick", "--set", "steps=20",
-            "--set", "ckpt_every=10"]
-    dist = {**base, "JAXLAB_COORDINATOR": f"127.0.0.1:{_free_port()}",
-            "JAXLAB_NUM_PROCESSES": "2"}
-    procs = [subprocess.Popen([sys.executable, *args, "--distributed", "--out",
-                               str(tmp_path / "dist")],
-                              env={**dist, "JAXLAB_PROCESS_ID": str(k)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for k in range(2)]
+    args = [
+        "-m",
+        "jaxlab",
+        "run",
+        "sanity",
+        "--quick",
+        "--set",
+        "steps=20",
+        "--set",
+        "ckpt_every=10",
+    ]
+    dist = {
+        **base,
+        "JAXLAB_COORDINATOR": f"127.0.0.1:{_free_port()}",
+        "JAXLAB_NUM_PROCESSES": "2",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *args, "--distributed", "--out", str(tmp_path / "dist")],
+            env={**dist, "JAXLAB_PROCESS_ID": str(k)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(2)
+    ]
     for proc in procs:  # generous limits: a loaded 2-core machine is slow, not wrong
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-2000:]
-    single = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")],
-                            env=base, capture_output=True, text=True, timeout=900,
-                            check=False)
+    single = subprocess.run(
+        [sys.executable, *args, "--out", str(tmp_path / "one")],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
 
     def losses(path):
@@ -137,7 +159,9 @@ def test_two_processes_train_like_one(tmp_path):
 
 def test_fsdp_spec_picks_the_largest_divisible_dimension():
     P = jax.sharding.PartitionSpec
-    assert parallel.fsdp_spec((3, 3, 8, 16), 2, min_size=0) == P(None, None, None, "model")
+    assert parallel.fsdp_spec((3, 3, 8, 16), 2, min_size=0) == P(
+        None, None, None, "model"
+    )
     assert parallel.fsdp_spec((6, 4), 2, min_size=0) == P("model")
     assert parallel.fsdp_spec((8, 8), 4, min_size=0) == P(None, "model")  # tie: last
     assert parallel.fsdp_spec((7, 5), 2, min_size=0) == P()  # nothing divisible
@@ -153,10 +177,13 @@ def test_fsdp_spec_picks_the_largest_divisible_dimension():
 
 def test_multi_axis_mesh_spec():
     mesh = parallel.mesh_from_spec("data:1,model:1")
-    assert mesh.axis_names == ("data", "model") and dict(mesh.shape) == {"data": 1,
-                                                                          "model": 1}
+    assert mesh.axis_names == ("data", "model") and dict(mesh.shape) == {
+        "data": 1,
+        "model": 1,
+    }
     assert dict(parallel.mesh_from_spec("data=-1,model=1").shape)["data"] == (
-        jax.device_count())
+        jax.device_count()
+    )
     with pytest.raises(ValueError, match="data:4,model:2"):
         parallel.mesh_from_spec("data:four,model:2")
     with pytest.raises(ValueError, match="'data' axis"):
@@ -169,11 +196,16 @@ def test_multi_axis_mesh_spec():
 
 def test_shard_params_places_every_leaf():
     mesh = parallel.mesh_from_spec("data:1,model:1")
-    tree = {"w": np.ones((64, 32), np.float32), "b": np.zeros(3, np.float32),
-            "key": jax.random.key(0)}
+    tree = {
+        "w": np.ones((64, 32), np.float32),
+        "b": np.zeros(3, np.float32),
+        "key": jax.random.key(0),
+    }
     placed = parallel.shard_params(tree, mesh, min_size=0)
-    assert all(isinstance(a.sharding, jax.sharding.NamedSharding)
-               for a in jax.tree.leaves(placed))
+    assert all(
+        isinstance(a.sharding, jax.sharding.NamedSharding)
+        for a in jax.tree.leaves(placed)
+    )
     np.testing.assert_array_equal(placed["w"], tree["w"])
     with pytest.raises(ValueError, match="not an axis"):
         parallel.shard_params(tree, parallel.make_mesh(1))  # no model axis

@@ -5,8 +5,8 @@ import json
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -24,7 +24,11 @@ def test_report_files(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text()) == out
     assert out == {"acc": 0.5, "arr": [0, 1, 2], "bad": "nan"}
     md = (tmp_path / "report.md").read_text()
-    assert md.startswith("# demo") and "| 1 | 0.1235 |" in md and "![a line](curve.png)" in md
+    assert (
+        md.startswith("# demo")
+        and "| 1 | 0.1235 |" in md
+        and "![a line](curve.png)" in md
+    )
     assert (tmp_path / "curve.png").exists()
 
 

@@ -55,7 +55,8 @@ _SCRIPT = textwrap.dedent("""
     out = {"devices": jax.device_count()}
 
     def floats(tree):
-        return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
+        leaves = jax.tree.leaves(tree)
+        return [a for a in leaves if jnp.issubdtype(a.dtype, jnp.floating)]
 
     def diff(a, b):
         return max(float(np.max(np.abs(np.asarray(u, np.float64)
@@ -252,8 +253,9 @@ def test_eight_devices_are_used(report):
     assert report["devices"] == 8
 
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim_eta0", "ddim_eta1",
-                                  "ddim_sharded_xT", "reverse_sde"])
+@pytest.mark.parametrize(
+    "name", ["ddpm", "ddim_eta0", "ddim_eta1", "ddim_sharded_xT", "reverse_sde"]
+)
 def test_row_wise_samplers_are_bit_identical(report, name):
     entry = report[name]
     _sharded_rows(entry)
@@ -270,8 +272,16 @@ def test_pc_sampler_matches_to_reduction_round_off(report):
     assert entry["diff"] <= bound
 
 
-@pytest.mark.parametrize("name", ["ode_sample", "ode_batch_map", "loglik_exact",
-                                  "loglik_hutchinson", "loglik_batch_map"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ode_sample",
+        "ode_batch_map",
+        "loglik_exact",
+        "loglik_hutchinson",
+        "loglik_batch_map",
+    ],
+)
 def test_adaptive_solves_match_with_equal_nfe(report, name):
     entry = report[name]
     _sharded_rows(entry, n_leaves=2)  # (x or logp, nfe), both [B] rows

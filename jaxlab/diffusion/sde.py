@@ -85,7 +85,7 @@ class _LinearSDEBase:
         t = _as_time(t)
         return jnp.exp(self.log_alpha_bar(t)), self.beta_bar(t)
 
-    def drift(self, x: Float[Array, "B *D"], t: ArrayLike) -> Float[Array, "B *D"]:
+    def drift(self, x: Float[Array, " B *D"], t: ArrayLike) -> Float[Array, " B *D"]:
         r"""Forward drift f(t)·x (Song et al. Eq. 5).
 
         Args:
@@ -99,8 +99,8 @@ class _LinearSDEBase:
         return _bcast(self.drift_coef(t), x) * x
 
     def marginal(
-        self, x0: Float[Array, "B *D"], t: ArrayLike
-    ) -> tuple[Float[Array, "B *D"], Array]:
+        self, x0: Float[Array, " B *D"], t: ArrayLike
+    ) -> tuple[Float[Array, " B *D"], Array]:
         r"""Mean ᾱ(t)·x_0 and standard deviation β̄(t) of p_{0t}(x_t | x_0).
 
         Song et al. App. B; Su (五) (kernel first).
@@ -125,7 +125,7 @@ class _LinearSDEBase:
         dtype = jnp.result_type(float) if dtype is None else dtype
         return self.prior_std * jr.normal(key, shape, dtype)
 
-    def prior_logp(self, z: Float[Array, "B *D"]) -> Float[Array, " B"]:
+    def prior_logp(self, z: Float[Array, " B *D"]) -> Float[Array, " B"]:
         r"""log N(z; 0, σ_T² I) per example, summed over the non-batch axes.
 
         Args:
@@ -159,8 +159,8 @@ class _LinearSDEBase:
         return alpha, jnp.sqrt(jnp.maximum(b2, 0.0))
 
     def discretize(
-        self, x: Float[Array, "B *D"], t: ArrayLike, dt: ArrayLike
-    ) -> tuple[Float[Array, "B *D"], Array]:
+        self, x: Float[Array, " B *D"], t: ArrayLike, dt: ArrayLike
+    ) -> tuple[Float[Array, " B *D"], Array]:
         r"""Discrete forward step x_t = x_{t−Δt} + f_i + G_i z (Song et al. App. D).
 
         Uses the exact kernel of the step (``transition``): f_i = (α − 1)·x,
@@ -467,7 +467,7 @@ def oracle_score_fn(sde: SDE, mu: ArrayLike, s: ArrayLike) -> ScoreFn:
 
 
 def dsm_loss(
-    key: PRNGKeyArray, score_fn: ScoreFn, sde: SDE, x0: Float[Array, "B *D"], *,
+    key: PRNGKeyArray, score_fn: ScoreFn, sde: SDE, x0: Float[Array, " B *D"], *,
     likelihood_weighting: bool = False, eps: float = 1e-5,
 ) -> Float[Array, " B"]:
     r"""Per-example denoising score-matching loss (Song et al. Eq. 7).
@@ -516,9 +516,9 @@ def dsm_loss(
 
 
 def reverse_drift(
-    score_fn: ScoreFn, sde: SDE, x: Float[Array, "B *D"], t: ArrayLike, *,
+    score_fn: ScoreFn, sde: SDE, x: Float[Array, " B *D"], t: ArrayLike, *,
     noise_scale: float = 1.0,
-) -> Float[Array, "B *D"]:
+) -> Float[Array, " B *D"]:
     r"""Drift of Su's reverse-time family: f x − ½(g² + σ_t²) s_θ(x, t), σ_t = λg.
 
     λ = 1 is the reverse SDE (Song et al. Eq. 6), λ = 0 the probability-flow
@@ -544,8 +544,8 @@ def sample_reverse_sde(
     key: PRNGKeyArray, score_fn: ScoreFn, sde: SDE, shape: tuple[int, ...], *,
     solver: str = "euler", num_steps: int = 1000, eps: float = 1e-3,
     noise_scale: float = 1.0, denoise: bool = True,
-    x_T: Float[Array, "B *D"] | None = None, dtype=None,
-) -> Float[Array, "B *D"]:
+    x_T: Float[Array, " B *D"] | None = None, dtype=None,
+) -> Float[Array, " B *D"]:
     r"""Sample by solving the reverse-time SDE family with diffrax, T → ε.
 
     dx = [f x − ½(g² + σ_t²) s_θ] dt + σ_t dw̄ with σ_t = λ g(t) (Su (六)),
@@ -637,8 +637,8 @@ def reverse_sde_nfe(
 
 
 def tweedie_denoise(
-    score_fn: ScoreFn, sde: SDE, x: Float[Array, "B *D"], t: ArrayLike
-) -> Float[Array, "B *D"]:
+    score_fn: ScoreFn, sde: SDE, x: Float[Array, " B *D"], t: ArrayLike
+) -> Float[Array, " B *D"]:
     r"""Tweedie's formula E[x_0 | x_t] = (x_t + β̄_t² ∇log p_t(x_t))/ᾱ_t.
 
     Args:
@@ -666,8 +666,8 @@ def pc_sample(
     predictor: str = "reverse_diffusion", corrector: str = "langevin",
     snr: float = 0.16, num_steps: int = 1000, num_corrector_steps: int = 1,
     eps: float = 1e-3, denoise: bool = True,
-    x_T: Float[Array, "B *D"] | None = None, dtype=None,
-) -> Float[Array, "B *D"]:
+    x_T: Float[Array, " B *D"] | None = None, dtype=None,
+) -> Float[Array, " B *D"]:
     r"""Predictor–corrector sampling (Song et al. §4.2, Algorithms 2–3), a ``lax.scan``.
 
     On the grid t_0 = T > t_1 > … > t_N = ε (equal steps, Δt = t_{i+1} − t_i < 0)
@@ -752,9 +752,9 @@ def pc_nfe(
 
 
 def langevin_step(
-    key: PRNGKeyArray, score_fn: ScoreFn, x: Float[Array, "B *D"], t: ArrayLike, *,
+    key: PRNGKeyArray, score_fn: ScoreFn, x: Float[Array, " B *D"], t: ArrayLike, *,
     snr: float, alpha: ArrayLike = 1.0,
-) -> Float[Array, "B *D"]:
+) -> Float[Array, " B *D"]:
     r"""One Langevin corrector step at time t (Song et al. Algorithms 4–5).
 
     ε = 2α (r ‖z‖/‖s‖)² with batch-mean norms, x ← x + ε s_θ(x, t) + √(2ε) z.

@@ -27,7 +27,9 @@ class ConfigError(ValueError):
 
 def names() -> list[str]:
     """All registered experiment names, sorted (``sanity`` first)."""
-    found = [m.name for m in pkgutil.iter_modules([str(_HERE)]) if not m.name.startswith("_")]
+    found = [
+        m.name for m in pkgutil.iter_modules([str(_HERE)]) if not m.name.startswith("_")
+    ]
     return sorted(found, key=lambda n: (n != "sanity", n))
 
 
@@ -40,11 +42,15 @@ def describe(name: str) -> str:
 def load(name: str) -> types.ModuleType:
     """Import the experiment ``name`` and check that it follows the contract."""
     if name not in names():
-        raise ConfigError(f"unknown experiment {name!r}; available: {', '.join(names())}")
+        raise ConfigError(
+            f"unknown experiment {name!r}; available: {', '.join(names())}"
+        )
     module = importlib.import_module(f"{__name__}.{name}")
     cfg = getattr(module, "Config", None)
     if not (dataclasses.is_dataclass(cfg) and callable(getattr(module, "run", None))):
-        raise ConfigError(f"experiment {name!r} must define a dataclass Config and run()")
+        raise ConfigError(
+            f"experiment {name!r} must define a dataclass Config and run()"
+        )
     return module
 
 

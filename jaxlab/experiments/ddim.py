@@ -90,14 +90,14 @@ class Config:
     test_fraction: float = 0.2
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(dataset="digits", channels=16, channel_mults=(1, 2),
                    num_res_blocks=1, steps=2000, batch_size=64, learning_rate=2e-3,
                    warmup=100, ckpt_every=500, classifier_steps=500, feature_dim=32,
                    num_samples=192, sample_batch=192, skip_steps=(10, 20, 50))
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls()
 
 

@@ -76,11 +76,11 @@ class Config:
     num_examples: int = 3
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(sizes=(500, 1000, 2000), max_movies=40)
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls()
 
 

@@ -81,13 +81,13 @@ class Config:
     ddim_channels: int = 32
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(sim_seeds=1, reduction_pool=2000, dataset="digits",
                    gan_steps=3000, classifier_steps=800, repeats=3,
                    ddim_train_steps=2000, ddim_channels=16, ddim_sample_steps=20)
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls()
 
 

@@ -27,8 +27,9 @@ snippets truncated): test accuracy on 512 snippets probe 0.715, LST-prune
 0.746. One binomial standard error is 2.0 points (2.8 for a difference of two
 methods), so all of these are ties, BitFit's +2.7 over full FT included: LST
 beats the probe (+0.6 / +1.2) and is within 2 points of full FT (+0.2 / +0.8),
-but neither margin is resolved by this test set. Step memory / full FT at 32 × 40: LST 0.31, probe 0.21,
-adapters 0.50, LoRA 0.49, BitFit 0.47; LST step time 0.31× full FT.
+but neither margin is resolved by this test set. Step memory / full FT at
+32 × 40: LST 0.31, probe 0.21, adapters 0.50, LoRA 0.49, BitFit 0.47; LST step
+time 0.31× full FT.
 ``reference/data.md`` §4 quotes a probe of 0.78 on a random snippet split with
 1,536 training examples; split by movie with 1,024 the probe reaches ≈ 0.72.
 Runtime: quick 365 CPU-seconds (user + sys), 15.5 min wall measured on the
@@ -392,7 +393,10 @@ def _run_method(
             c0 = time.process_time()
             if cache_key not in step_cache:
                 step = train.make_train_step(
-                    graphdef, peft.classification_loss, opt, trainable,
+                    graphdef,
+                    peft.classification_loss,
+                    opt,
+                    trainable,
                     state_sharding=shardings,
                 )
                 first = _device(batches(0), mesh)

@@ -88,7 +88,7 @@ class Config:
     checkpoint: bool = True
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(
             tiles="digits",
             num_train=6000,
@@ -104,7 +104,7 @@ class Config:
         )
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls()
 
 

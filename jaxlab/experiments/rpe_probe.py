@@ -99,11 +99,11 @@ class Config:
     curve_every: int = 10
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls()
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls(steps=6000)
 
 

@@ -34,11 +34,11 @@ class Config:
     ckpt_every: int = 500
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(steps=600, ckpt_every=200)
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls()
 
 
@@ -62,28 +62,42 @@ def run(config: Config, out_dir: pathlib.Path) -> dict:
         return loss, {"acc": jnp.mean(jnp.argmax(logits, -1) == yb)}
 
     result = train.fit(
-        fit_key, model, optax.adam(config.learning_rate), loss_fn, batches,
-        num_steps=config.steps, workdir=out_dir, ckpt_every=config.ckpt_every,
-        log_every=max(1, config.steps // 60), desc="sanity",
+        fit_key,
+        model,
+        optax.adam(config.learning_rate),
+        loss_fn,
+        batches,
+        num_steps=config.steps,
+        workdir=out_dir,
+        ckpt_every=config.ckpt_every,
+        log_every=max(1, config.steps // 60),
+        desc="sanity",
     )
     logits = nnx.jit(lambda m, xb: m(xb))(result.model, x[test_idx])
     test_acc = float(np.mean(np.argmax(np.asarray(logits), -1) == y[test_idx]))
 
     report = Report("sanity: MLP on digits", out_dir)
     report.text(
-        f"MLP {config.hidden} trained for {config.steps} steps (batch {config.batch_size}, "
-        f"Adam {config.learning_rate}) on {len(train_idx)} of scikit-learn's 1,797 digits; "
+        f"MLP {config.hidden} trained for {config.steps} steps "
+        f"(batch {config.batch_size}, Adam {config.learning_rate}) on "
+        f"{len(train_idx)} of scikit-learn's 1,797 digits; "
         f"tested on the other {len(test_idx)}."
     )
     final = result.history[-1]
     report.table(
         ["metric", "value"],
-        [["test accuracy", test_acc], ["final train loss", final["loss"]],
-         ["final train batch accuracy", final["acc"]], ["steps", config.steps]],
+        [
+            ["test accuracy", test_acc],
+            ["final train loss", final["loss"]],
+            ["final train batch accuracy", final["acc"]],
+            ["steps", config.steps],
+        ],
     )
     report.figure(
         loss_figure(result.history, ylabel="train loss", title="sanity: digits MLP"),
-        "loss_curve", "training loss (log scale)")
+        "loss_curve",
+        "training loss (log scale)",
+    )
     results = {
         "test_accuracy": test_acc,
         "final_train_loss": final["loss"],
@@ -93,4 +107,3 @@ def run(config: Config, out_dir: pathlib.Path) -> dict:
         "history": result.history,
     }
     return report.write(results)
-

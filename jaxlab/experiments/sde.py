@@ -113,7 +113,7 @@ class Config:
     feature_dim: int = 128
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(
             dataset="digits", test_fraction=0.2, ve_sigma_max=10.0, channels=16,
             channel_mults=(1, 2), train_steps=1200, batch_size=64,
@@ -124,7 +124,7 @@ class Config:
         )
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls()
 
 

@@ -29,8 +29,14 @@ class FeatureClassifier(nnx.Module):
     calling the module returns ``[N, num_classes]`` logits.
     """
 
-    def __init__(self, *, channels: int = 1, num_classes: int = 10,
-                 feature_dim: int = 128, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        channels: int = 1,
+        num_classes: int = 10,
+        feature_dim: int = 128,
+        rngs: nnx.Rngs,
+    ):
         self.conv1 = nnx.Conv(channels, 32, (3, 3), rngs=rngs)
         self.conv2 = nnx.Conv(32, 64, (3, 3), strides=(2, 2), rngs=rngs)
         self.dense = nnx.Linear(64, feature_dim, rngs=rngs)
@@ -57,13 +63,18 @@ def train_feature_classifier(
     feature_dim: int = 128,
     workdir=None,
 ) -> FeatureClassifier:
-    """Train a :class:`FeatureClassifier` on images ``x`` [N, H, W, C] with labels ``y``."""
+    """Train a :class:`FeatureClassifier` on images ``x`` [N, H, W, C], labels ``y``."""
     if x.ndim != 4 or y.shape != (x.shape[0],):
-        raise ValueError(f"x must be [N, H, W, C] and y [N], got {x.shape} and {y.shape}")
+        raise ValueError(
+            f"x must be [N, H, W, C] and y [N], got {x.shape} and {y.shape}"
+        )
     init_key, batch_key, fit_key = jr.split(key, 3)
-    model = FeatureClassifier(channels=x.shape[-1], num_classes=num_classes,
-                              feature_dim=feature_dim,
-                              rngs=nnx.Rngs(params=init_key))
+    model = FeatureClassifier(
+        channels=x.shape[-1],
+        num_classes=num_classes,
+        feature_dim=feature_dim,
+        rngs=nnx.Rngs(params=init_key),
+    )
     batches = jdata.Batcher(batch_key, (x, y), min(batch_size, len(x)))
 
     def loss_fn(m, batch, _key):
@@ -73,8 +84,16 @@ def train_feature_classifier(
         return loss, {"acc": jnp.mean(jnp.argmax(logits, -1) == yb)}
 
     opt = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps))
-    return train.fit(fit_key, model, opt, loss_fn, batches, num_steps=steps,
-                     workdir=workdir, desc="feature classifier").model
+    return train.fit(
+        fit_key,
+        model,
+        opt,
+        loss_fn,
+        batches,
+        num_steps=steps,
+        workdir=workdir,
+        desc="feature classifier",
+    ).model
 
 
 @nnx.jit
@@ -87,13 +106,16 @@ def _logits(model: FeatureClassifier, x):
     return model(x)
 
 
-def features(model: FeatureClassifier, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+def features(
+    model: FeatureClassifier, x: np.ndarray, batch_size: int = 500
+) -> np.ndarray:
     """Penultimate features of ``x`` in fixed-size batches (one compilation)."""
     return _batched(lambda b: _features(model, b), x, batch_size)
 
 
-def accuracy(model: FeatureClassifier, x: np.ndarray, y: np.ndarray,
-             batch_size: int = 500) -> float:
+def accuracy(
+    model: FeatureClassifier, x: np.ndarray, y: np.ndarray, batch_size: int = 500
+) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``."""
     logits = _batched(lambda b: _logits(model, b), x, batch_size)
     return float(np.mean(np.argmax(logits, -1) == np.asarray(y)))

@@ -19,7 +19,7 @@ learning rates) through ``optax.multi_transform``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import chex
 import jax

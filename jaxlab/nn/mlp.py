@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 from flax import nnx
@@ -18,7 +18,9 @@ class MLP(nnx.Module):
 
     def __init__(self, sizes: Sequence[int], *, rngs: nnx.Rngs):
         if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
-            raise ValueError(f"sizes must list >= 2 positive widths, got {tuple(sizes)}")
+            raise ValueError(
+                f"sizes must list >= 2 positive widths, got {tuple(sizes)}"
+            )
         self.layers = nnx.List(
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
         )

@@ -117,7 +117,7 @@ def test_bits_per_dim_conventions():
         logp = jnp.full((3,), -5 * math.log(hi - lo))
         bpd = jax.jit(
             lambda lp: likelihood.bits_per_dim(
-                lp, 5, data_range=(lo, hi), num_bins=bins
+                lp, 5, data_range=(lo, hi), num_bins=bins  # noqa: B023 (called at once)
             )
         )(logp)
         np.testing.assert_allclose(np.asarray(bpd), math.log2(bins), rtol=1e-6)

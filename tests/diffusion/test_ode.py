@@ -118,7 +118,7 @@ def test_fixed_step_solvers_converge_at_their_order(x64, solver, order):
     errs = []
     for n in (64, 256):
         x, nfe = jax.jit(
-            lambda z: ode.decode(score, sde, z, solver=solver, num_steps=n)
+            lambda z: ode.decode(score, sde, z, solver=solver, num_steps=n)  # noqa: B023
         )(z)
         assert np.all(np.asarray(nfe) == ode.nfe_from_steps(n, solver))
         errs.append(float(jnp.max(jnp.abs(x - ref))))
@@ -145,7 +145,7 @@ def test_vp_probability_flow_and_ddim_agree_as_steps_grow(x64):
     np.testing.assert_allclose(np.asarray(ref), np.asarray(exact), atol=1e-7)
     errs = []
     for steps in (10, 100, 1000):
-        x = jax.jit(lambda z: ddim.decode(eps_fn, sched, z, num_steps=steps))(z)
+        x = jax.jit(lambda z: ddim.decode(eps_fn, sched, z, num_steps=steps))(z)  # noqa: B023
         errs.append(float(jnp.max(jnp.abs(x - ref))))
     assert errs[0] > errs[1] > errs[2]
     assert np.log10(errs[1] / errs[2]) == pytest.approx(1.0, abs=0.3)

@@ -1374,4 +1374,6 @@ def test_cli_serve_starts_with_the_environment_token(fake, monkeypatch, capsys):
     argv = ["--host", LOOPBACK, "serve", "--port", "0"]
     assert xr.main(argv) == 0
     assert seen == [(LOOPBACK, TOKEN.encode())]
-    assert re.match(r"serving scenes on http://127\.0\.0\.1:\d+ ", capsys.readouterr().out)
+    assert re.match(
+        r"serving scenes on http://127\.0\.0\.1:\d+ ", capsys.readouterr().out
+    )
