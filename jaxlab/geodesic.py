@@ -210,7 +210,7 @@ def knn(
     n = _check_points("x", x, min_points=2)
     _check_k(k, n - 1, "N - 1 (the number of other points)")
     _check_choice("metric", metric, METRICS)
-    mesh = _resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh)
     chex.assert_rank(x, 2)
     xs = jnp.asarray(x)
     if mesh is not None:
@@ -276,7 +276,7 @@ def knn_graph(
     _check_choice("symmetric", symmetric, SYMMETRIC)
     # Resolved here, not inside the jitted search, so that the jit cache is
     # keyed on the mesh actually used.
-    mesh = _resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh)
     x = jnp.asarray(x)
     k_used = k
     while True:
@@ -1048,24 +1048,6 @@ def _knn_block(xb, row_ids, xs, ref_sq, n_valid, k, metric):
         jnp.take_along_axis(idx, order, axis=1),
         jnp.take_along_axis(dist, order, axis=1),
     )
-
-
-def _resolve_mesh(mesh):
-    """The given mesh, else ``parallel.default_mesh()``; must have a data axis."""
-    if mesh is None:
-        mesh = parallel.default_mesh()
-    if mesh is None:
-        return None
-    if not isinstance(mesh, Mesh):
-        raise ValueError(  # noqa: TRY004 (house style: ValueError for bad args)
-            f"mesh must be a jax.sharding.Mesh or None, got {mesh!r}"
-        )
-    if parallel.DATA not in mesh.axis_names:
-        raise ValueError(
-            f"mesh must have a {parallel.DATA!r} axis to split rows over, got "
-            f"axes {mesh.axis_names}"
-        )
-    return mesh
 
 
 def _sharded_knn(xs, n, k, metric, block_size, mesh):

@@ -121,7 +121,7 @@ def knn(
     _check_k(k, n, "k")
     _check_choice(metric, METRICS, "metric")
     _check_block_size(block_size)
-    mesh = _resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh)
     x = _as_float(x)
     if check_finite:
         _check_finite_rows(x, "x", mesh)
@@ -182,7 +182,7 @@ def k_occurrence(
     _check_k(k, n, "k")
     _check_choice(metric, METRICS, "metric")
     _check_block_size(block_size)
-    mesh = _resolve_mesh(mesh)
+    mesh = parallel.resolve_mesh(mesh)
     if mesh is None:
         graph = knn(
             x,
@@ -889,24 +889,6 @@ def _sym_topk(rows, n, k, tile_fn, block_size, include_self):
         return top, jnp.take_along_axis(all_idx, pos, axis=1)
 
     return _sym_scan(rows, n, block_size, tile_fn, init, update)
-
-
-def _resolve_mesh(mesh):
-    """The given mesh, else ``parallel.default_mesh()``; must have a data axis."""
-    if mesh is None:
-        mesh = parallel.default_mesh()
-    if mesh is None:
-        return None
-    if not isinstance(mesh, Mesh):
-        raise ValueError(  # noqa: TRY004 (house style: ValueError for bad args)
-            f"mesh must be a jax.sharding.Mesh or None, got {mesh!r}"
-        )
-    if parallel.DATA not in mesh.axis_names:
-        raise ValueError(
-            f"mesh must have a {parallel.DATA!r} axis to split rows over, got "
-            f"axes {mesh.axis_names}"
-        )
-    return mesh
 
 
 def _pad_rows(tree, size):

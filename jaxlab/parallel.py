@@ -58,6 +58,7 @@ __all__ = [
     "mesh_from_spec",
     "replicate",
     "set_default_mesh",
+    "resolve_mesh",
     "shard_batch",
     "shard_params",
     "use_mesh",
@@ -174,6 +175,30 @@ def use_mesh(mesh: Mesh | None):
         yield mesh
     finally:
         _DEFAULT[0] = previous
+
+
+def resolve_mesh(mesh: Mesh | None, axis: str = DATA) -> Mesh | None:
+    """``mesh``, else :func:`default_mesh` (may be ``None``); it must have ``axis``.
+
+    For functions that take an optional ``mesh=`` and split rows over ``axis``.
+
+    Raises:
+        ValueError: ``mesh`` is not a ``Mesh`` or lacks ``axis``.
+    """
+    if mesh is None:
+        mesh = default_mesh()
+    if mesh is None:
+        return None
+    if not isinstance(mesh, Mesh):
+        raise ValueError(  # noqa: TRY004 (house style: ValueError for bad args)
+            f"mesh must be a jax.sharding.Mesh or None, got {mesh!r}"
+        )
+    if axis not in mesh.axis_names:
+        raise ValueError(
+            f"mesh must have a {axis!r} axis to split rows over, got "
+            f"axes {mesh.axis_names}"
+        )
+    return mesh
 
 
 def shard_batch(x, mesh: Mesh, axis: str = DATA):

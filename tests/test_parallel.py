@@ -231,3 +231,15 @@ def test_batch_map_is_row_wise_under_jit():
         parallel.batch_map(fn, mesh, axis="model")
     with pytest.raises(ValueError, match="not an axis"):
         parallel.batch_sharding(mesh, "model")
+
+
+def test_resolve_mesh_prefers_given_then_default_and_checks_axis():
+    mesh = parallel.make_mesh()
+    assert parallel.resolve_mesh(mesh) is mesh
+    assert parallel.resolve_mesh(None) is parallel.default_mesh()
+    with parallel.use_mesh(mesh):
+        assert parallel.resolve_mesh(None) is mesh
+    with pytest.raises(ValueError, match="jax.sharding.Mesh"):
+        parallel.resolve_mesh("data")
+    with pytest.raises(ValueError, match="'model' axis"):
+        parallel.resolve_mesh(mesh, axis="model")

@@ -491,6 +491,11 @@ def _check_vlb_args(sched, sigma, decoder, data_range, num_bins):
         raise ValueError(f"decoder must be one of {DECODERS}, got decoder={decoder!r}")
     if not isinstance(num_bins, int) or isinstance(num_bins, bool) or num_bins < 2:
         raise ValueError(f"num_bins must be an int >= 2, got num_bins={num_bins!r}")
+    return _check_range(data_range)
+
+
+def _check_range(data_range) -> tuple[float, float]:
+    """(lo, hi) with lo < hi, both finite."""
     try:
         lo, hi = (float(v) for v in data_range)
     except (TypeError, ValueError):

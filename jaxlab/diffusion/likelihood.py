@@ -50,10 +50,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from jaxlab.diffusion import ode
 from jaxlab.diffusion import sde as sde_lib
+from jaxlab.diffusion.ddpm import _check_range
 
 ESTIMATORS = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -231,19 +232,6 @@ def _probes(key, x, kind):
     if kind == "gaussian":
         return jr.normal(key, x.shape, x.dtype)
     return jr.rademacher(key, x.shape, x.dtype)
-
-
-def _check_range(data_range: ArrayLike) -> tuple[float, float]:
-    """(lo, hi) with lo < hi, both finite."""
-    try:
-        lo, hi = (float(v) for v in data_range)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"data_range must be a pair (lo, hi) of numbers, got {data_range!r}"
-        ) from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"data_range must satisfy lo < hi, got {data_range!r}")
-    return lo, hi
 
 
 def _check_bins(num_bins) -> None:
