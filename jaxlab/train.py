@@ -25,6 +25,7 @@ import json
 import os
 import pathlib
 import shutil
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -124,7 +125,35 @@ def make_train_step(
     pins the gradients and the new state to that layout, so every step returns
     its state laid out as it came in (gradients reduce-scattered, not
     all-reduced, under FSDP).
+
+    Steps are cached: the same ``(graphdef, loss_fn, optimizer, trainable,
+    state_sharding)`` returns the same jitted function, so calling :func:`fit`
+    again with the same objects (e.g. once per seed) does not recompile.
     """
+    try:
+        cache_key = (graphdef, loss_fn, optimizer, trainable,
+                     jax.tree.structure(state_sharding),
+                     tuple(jax.tree.leaves(state_sharding)))
+        hash(cache_key)
+    except TypeError:  # an unhashable filter or loss: build a fresh step
+        cache_key = None
+    if cache_key is not None and cache_key in _STEP_CACHE:
+        _STEP_CACHE.move_to_end(cache_key)
+        return _STEP_CACHE[cache_key]
+    step = _build_train_step(graphdef, loss_fn, optimizer, trainable, state_sharding)
+    if cache_key is not None:
+        _STEP_CACHE[cache_key] = step
+        if len(_STEP_CACHE) > _STEP_CACHE_SIZE:
+            _STEP_CACHE.popitem(last=False)
+    return step
+
+
+_STEP_CACHE: OrderedDict = OrderedDict()
+_STEP_CACHE_SIZE = 32
+
+
+def _build_train_step(graphdef, loss_fn, optimizer, trainable, state_sharding):
+    """The jitted step of :func:`make_train_step` (uncached)."""
 
     def step(state: TrainState, batch, key: jax.Array):
         step_key = jr.fold_in(key, state.step)

@@ -259,3 +259,24 @@ def test_place_state_layouts():
         )
     with pytest.raises(ValueError, match="min_size"):
         train.place_state(state, mesh, param_sharding="fsdp", fsdp_min_size=-1)
+
+
+def test_fit_reuses_its_compiled_step_across_calls():
+    x, y = _problem()
+    optimizer = optax.adam(1e-2)
+    batches = data.Batcher(jr.key(1), (x, y), 32)
+    results = []
+    for seed in (0, 1):  # two models of the same structure, same optimizer object
+        model = MLP((6, 16, 1), rngs=nnx.Rngs(seed))
+        results.append(train.fit(jr.key(2), model, optimizer, _mse, batches,
+                                 num_steps=8, log_every=4))
+    graphdef, _ = train.init_state(results[0].model, optimizer)
+    step = train.make_train_step(graphdef, _mse, optimizer)
+    assert step is train.make_train_step(graphdef, _mse, optimizer)
+    assert step._cache_size() == 1  # compiled once for both fits
+    other = train.make_train_step(graphdef, _mse, optax.sgd(0.1))
+    assert other is not step
+    # Different seeds still train different models: the cache shares code only.
+    w0 = jax.tree.leaves(nnx.state(results[0].model, nnx.Param))
+    w1 = jax.tree.leaves(nnx.state(results[1].model, nnx.Param))
+    assert any(not np.array_equal(a, b) for a, b in zip(w0, w1))
