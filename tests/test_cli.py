@@ -122,14 +122,12 @@ def test_every_experiment_follows_the_contract():
 
 
 def test_import_jaxlab_is_light():
-    code = (
-        "import sys, time; t = time.perf_counter(); import jaxlab; "
-        "print(time.perf_counter() - t, 'flax' in sys.modules, 'jax' in sys.modules)"
-    )
+    # What makes the import light: neither jax nor flax is imported by it.
+    code = "import sys, jaxlab; print('flax' in sys.modules, 'jax' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert out[1:] == ["False", "False"]
+    assert out == ["False", "False"]
 
 
 def test_python_dash_m_entry_point():
