@@ -117,10 +117,7 @@ def knn(
         ``NamedSharding(mesh, P("data"))``, when N is divisible by the size of
         the data axis, and replicated (``P()``) otherwise.
     """
-    n = _check_points(x, "x")
-    _check_k(k, n, "k")
-    _check_choice(metric, METRICS, "metric")
-    _check_block_size(block_size)
+    n = _check_search(x, k, metric, block_size)
     mesh = parallel.resolve_mesh(mesh)
     x = _as_float(x)
     if check_finite:
@@ -178,10 +175,7 @@ def k_occurrence(
         ``[N]`` int32 counts; with a mesh, replicated on every device
         (``NamedSharding(mesh, P())``).
     """
-    n = _check_points(x, "x")
-    _check_k(k, n, "k")
-    _check_choice(metric, METRICS, "metric")
-    _check_block_size(block_size)
+    n = _check_search(x, k, metric, block_size)
     mesh = parallel.resolve_mesh(mesh)
     if mesh is None:
         graph = knn(
@@ -517,10 +511,7 @@ def mutual_proximity(
     Returns:
         ``KNNGraph`` of MP distances in [0, 1] and indices.
     """
-    n = _check_points(x, "x")
-    _check_k(k, n, "k")
-    _check_choice(metric, METRICS, "metric")
-    _check_block_size(block_size)
+    n = _check_search(x, k, metric, block_size)
     if n < 3:
         raise ValueError(f"mutual_proximity needs N >= 3 points, got N={n}")
     x = _as_float(x)
@@ -570,11 +561,8 @@ def local_scaling(
     Returns:
         ``KNNGraph`` of LS distances in [0, 1] and indices.
     """
-    n = _check_points(x, "x")
-    _check_k(k, n, "k")
+    n = _check_search(x, k, metric, block_size)
     _check_k(scale_k, n, "scale_k")
-    _check_choice(metric, METRICS, "metric")
-    _check_block_size(block_size)
     x = _as_float(x)
     if check_finite:
         _check_finite_rows(x, "x")
@@ -698,6 +686,15 @@ def _as_float(a):
     if not jnp.issubdtype(a.dtype, jnp.floating):
         a = a.astype(_float_dtype())
     return a
+
+
+def _check_search(x, k, metric, block_size) -> int:
+    """Validate the arguments every k-NN search shares; returns N."""
+    n = _check_points(x, "x")
+    _check_k(k, n, "k")
+    _check_choice(metric, METRICS, "metric")
+    _check_block_size(block_size)
+    return n
 
 
 def _check_points(x, name):

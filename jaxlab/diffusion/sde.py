@@ -243,8 +243,35 @@ class VESDE(_LinearSDEBase):
         return float(self.sigma_max)
 
 
+class _LinearBeta:
+    """β(t) linear in t on [0, T], shared by VP and sub-VP (Song et al. Eqs. 11-12).
+
+    Fields-free: ``VPSDE`` and ``SubVPSDE`` declare ``beta_min``, ``beta_max``
+    and ``T``; both have drift −½β(t) x and a N(0, I) prior.
+    """
+
+    def beta(self, t: ArrayLike) -> Array:
+        """β(t) = β_min + (t/T)(β_max − β_min)."""
+        return self.beta_min + (_as_time(t) / self.T) * (self.beta_max - self.beta_min)
+
+    def int_beta(self, t: ArrayLike) -> Array:
+        """B(t) = ∫_0^t β = β_min t + (β_max − β_min) t²/(2T)."""
+        t = _as_time(t)
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2 / self.T
+
+    def log_alpha_bar(self, t):
+        return -0.5 * self.int_beta(t)
+
+    def drift_coef(self, t):
+        return -0.5 * self.beta(t)
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+
 @_static_dataclass
-class VPSDE(_LinearSDEBase):
+class VPSDE(_LinearBeta, _LinearSDEBase):
     r"""Variance-preserving SDE dx = −½β(t) x dt + √β(t) dw (Song et al. Eq. 11).
 
     β(t) = β_min + t (β_max − β_min) on [0, 1], B(t) = ∫_0^t β; the kernel is
@@ -266,34 +293,16 @@ class VPSDE(_LinearSDEBase):
         _check_betas("VPSDE", self.beta_min, self.beta_max)
         _check_T(self.T)
 
-    def beta(self, t: ArrayLike) -> Array:
-        """β(t) = β_min + (t/T)(β_max − β_min)."""
-        return self.beta_min + (_as_time(t) / self.T) * (self.beta_max - self.beta_min)
-
-    def int_beta(self, t: ArrayLike) -> Array:
-        """B(t) = ∫_0^t β = β_min t + (β_max − β_min) t²/(2T)."""
-        t = _as_time(t)
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2 / self.T
-
-    def log_alpha_bar(self, t):
-        return -0.5 * self.int_beta(t)
-
     def beta_bar(self, t):
         return jnp.sqrt(-jnp.expm1(-self.int_beta(t)))
-
-    def drift_coef(self, t):
-        return -0.5 * self.beta(t)
 
     def diffusion(self, t):
         return jnp.sqrt(self.beta(t))
 
-    @property
-    def prior_std(self) -> float:
-        return 1.0
 
 
 @_static_dataclass
-class SubVPSDE(_LinearSDEBase):
+class SubVPSDE(_LinearBeta, _LinearSDEBase):
     r"""Sub-VP SDE dx = −½β x dt + √(β(t)(1 − e^{−2B(t)})) dw (Song et al. Eq. 12).
 
     Same drift and β(t) as ``VPSDE``; the kernel is N(e^{−B/2} x_0,
@@ -313,30 +322,12 @@ class SubVPSDE(_LinearSDEBase):
         _check_betas("SubVPSDE", self.beta_min, self.beta_max)
         _check_T(self.T)
 
-    def beta(self, t: ArrayLike) -> Array:
-        """β(t) = β_min + (t/T)(β_max − β_min)."""
-        return self.beta_min + (_as_time(t) / self.T) * (self.beta_max - self.beta_min)
-
-    def int_beta(self, t: ArrayLike) -> Array:
-        """B(t) = ∫_0^t β."""
-        t = _as_time(t)
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2 / self.T
-
-    def log_alpha_bar(self, t):
-        return -0.5 * self.int_beta(t)
-
     def beta_bar(self, t):
         return -jnp.expm1(-self.int_beta(t))
-
-    def drift_coef(self, t):
-        return -0.5 * self.beta(t)
 
     def diffusion(self, t):
         return jnp.sqrt(-self.beta(t) * jnp.expm1(-2.0 * self.int_beta(t)))
 
-    @property
-    def prior_std(self) -> float:
-        return 1.0
 
 
 @_static_dataclass
