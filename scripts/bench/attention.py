@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import machine_info  # scripts/bench/ is on sys.path when run
 
 from jaxlab import attention as attn
 from jaxlab import posenc
@@ -160,12 +159,7 @@ def main():
         agreement_max_abs=agree,
         finite=finite,
         target_softmax_within_1_2x=target,
-        platform=jax.devices()[0].platform,
-        device_kind=jax.devices()[0].device_kind,
-        cores=os.cpu_count(),
-        machine=platform.machine(),
-        jax_version=jax.__version__,
-        load_avg_1min=os.getloadavg()[0],
+        **machine_info(),
     )
     print(json.dumps(summary))
 

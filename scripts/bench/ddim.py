@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
@@ -42,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from _common import machine_info  # scripts/bench/ is on sys.path when run
 from flax import nnx
 
 from jaxlab.diffusion import ddim, schedules
@@ -166,7 +165,6 @@ def main() -> None:
     print("speedup = loop / scan (> 1: the lax.scan sampler is faster)")
     print(f"scan compile: S=10 {c10:.2f} s, S=1000 {c1000:.2f} s -> ratio {ratio:.3f} "
           f"(target <= 1.5); loop step compile {rows[0]['compile_loop_step_s']:.2f} s")
-    dev = jax.devices()[0]
     out = {"bench": "ddim"}
     for r in rows:
         out[f"speedup_scan_vs_python_loop_S50_B{r['batch']}"] = r["speedup"]
@@ -178,11 +176,7 @@ def main() -> None:
         "num_steps": num_steps,
         "reps": reps,
         "quick": args.quick,
-        "platform": dev.platform,
-        "device_kind": dev.device_kind,
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
-        "jax_version": jax.__version__,
+        **machine_info(),
     })
     print(json.dumps(out))
 

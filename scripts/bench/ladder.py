@@ -52,8 +52,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
@@ -61,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import machine_info  # scripts/bench/ is on sys.path when run
 from flax import nnx
 
 from jaxlab import ladder, train
@@ -335,12 +334,7 @@ def main():
         "targets_met": targets,
         "agreement_max_abs": agree,
         "methods": result,
-        "platform": jax.devices()[0].platform,
-        "device_kind": jax.devices()[0].device_kind,
-        "cores": os.cpu_count(),
-        "machine": platform.machine(),
-        "jax_version": jax.__version__,
-        "load_avg_1min": os.getloadavg()[0],
+        **machine_info(),
     }
     print(json.dumps(summary))
 

@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import machine_info  # scripts/bench/ is on sys.path when run
 
 from jaxlab import losses
 
@@ -193,12 +192,7 @@ def main():
     summary.update(
         agreement_max_abs=agree,
         finite=finite,
-        platform=jax.devices()[0].platform,
-        device_kind=jax.devices()[0].device_kind,
-        cores=os.cpu_count(),
-        machine=platform.machine(),
-        jax_version=jax.__version__,
-        load_avg_1min=os.getloadavg()[0],
+        **machine_info(),
     )
     print(json.dumps(summary))
 

@@ -45,10 +45,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
+
+from _common import machine_info  # scripts/bench/ is on sys.path when run
 
 
 def main() -> None:
@@ -238,10 +238,7 @@ def main() -> None:
         "reps": args.reps,
         "train_steps": args.train_steps,
         "quick": args.quick,
-        "platform": platform.platform(),
-        "device_kind": jax.devices()[0].device_kind,
-        "cores": os.cpu_count(),
-        "jax_version": jax.__version__,
+        **machine_info(),
     }
     print(json.dumps(result))
 
