@@ -94,9 +94,20 @@ def loss_figure(histories, *, ylabel: str = "loss", title: str = "training loss"
 
     Returns:
         The matplotlib figure (pass it to :meth:`Report.figure`).
+
+    Raises:
+        ValueError: a history is empty or lacks ``step``/``loss`` entries.
     """
-    plt = pyplot()
     curves = histories if isinstance(histories, dict) else {None: histories}
+    for label, history in curves.items():
+        if not history or not all(
+            isinstance(h, dict) and "step" in h and "loss" in h for h in history
+        ):
+            raise ValueError(
+                f"histories[{label!r}] must be a non-empty list of dicts with "
+                f"'step' and 'loss' (a fit history), got {history!r:.80}"
+            )
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for label, history in curves.items():
         ax.plot([h["step"] for h in history], [h["loss"] for h in history],

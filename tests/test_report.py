@@ -50,3 +50,9 @@ def test_loss_figure_plots_each_history(several):
     assert ax.get_yscale() == "log" and ax.get_ylabel() == "mse"
     assert (ax.get_legend() is not None) == several
     plt.close(fig)
+
+
+@pytest.mark.parametrize("bad", [[], [{"step": 0}], {"a": [{"loss": 1.0}]}])
+def test_loss_figure_rejects_what_is_not_a_history(bad):
+    with pytest.raises(ValueError, match="fit history"):
+        loss_figure(bad)
