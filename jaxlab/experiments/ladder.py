@@ -21,23 +21,22 @@ compiled and timed separately for the memory/time columns.
 Baselines that backpropagate through the backbone start from the trained probe
 head (LP-FT, Kumar et al., ICLR 2022; ``baseline_head="random"`` turns it off).
 
-Measured (quick: 1 seed, 1,024 training snippets, 48 steps, 40 tokens, 11% of
-snippets truncated): test accuracy on 512 snippets probe 0.715, LST-prune
-0.721, LST-random 0.727, full FT 0.719, adapters 0.727, LoRA 0.723, BitFit
-0.746. One binomial standard error is 2.0 points (2.8 for a difference of two
-methods), so all of these are ties, BitFit's +2.7 over full FT included: LST
-beats the probe (+0.6 / +1.2) and is within 2 points of full FT (+0.2 / +0.8),
-but neither margin is resolved by this test set. Step memory / full FT at
-32 × 40: LST 0.31, probe 0.21, adapters 0.50, LoRA 0.49, BitFit 0.47; LST step
-time 0.31× full FT.
+Measured (quick: 3 seeds, 1,024 training snippets, 48 steps, 40 tokens, 11%
+of training snippets truncated), test accuracy on 512 snippets, mean ± std
+over seeds: probe 0.715 ± 0.002, LST-prune 0.735 ± 0.014, LST-random
+0.735 ± 0.009, full FT 0.728 ± 0.008, adapters 0.724 ± 0.002, LoRA
+0.721 ± 0.001, BitFit 0.730 ± 0.014. One binomial standard error of the test
+set is 2.0 points (2.8 for a difference of two methods; averaging seeds does
+not shrink it): LST beats the probe (+2.0) and is within 2 points of full FT
+(+0.7), but neither margin is resolved by this test set. Step memory / full
+FT at 32 × 40: LST 0.31, probe 0.21, adapters 0.50, LoRA 0.49, BitFit 0.47;
+LST step time 0.39× full FT.
 ``reference/data.md`` §4 quotes a probe of 0.78 on a random snippet split with
 1,536 training examples; split by movie with 1,024 the probe reaches ≈ 0.72.
-Runtime: quick 365 CPU-seconds (user + sys), 15.5 min wall measured on the
-shared 2-core machine at load ≈ 9–11 (the job got 39% of one core on
-average), i.e. ≈ 3–6 min on an idle 2-core CPU; full (3 seeds, ≈ 9k training
-snippets, 64 tokens, 3 epochs = ≈ 840 steps for every method) ≈ 17,000
-CPU-seconds, 2.5–5 h on 2 idle cores (estimated from the per-step CPU costs,
-not measured).
+Runtime: quick 549 s wall, 974 CPU-seconds (user + sys) on an idle 2-core
+CPU; full (3 seeds, ≈ 9k training snippets, 64 tokens, 3 epochs = ≈ 840
+steps for every method) ≈ 17,000 CPU-seconds, 2.5–5 h on 2 idle cores
+(estimated from the per-step CPU costs, not measured).
 
 Run: ``jaxlab run ladder --quick``
 """
@@ -105,15 +104,15 @@ class Config:
 
     @classmethod
     def quick(cls) -> Config:
-        """CPU preset: one seed, 1,024 training snippets, 48 steps per method.
+        """CPU preset: three seeds, 1,024 training snippets, 48 steps per method.
 
         Every gradient-trained method (LST ×2, full FT, adapters, LoRA, BitFit)
-        takes the same 48 Adam steps (1.5 epochs) over the same 1,024 snippets;
-        sequences are cut at 40 tokens (12.5% of snippets are longer; median
-        26 tokens).
+        takes the same 48 Adam steps (1.5 epochs) over the same 1,024 snippets
+        per seed; sequences are cut at 40 tokens (11% of training snippets are
+        longer; median 26 tokens). About 9 minutes on a 2-core CPU.
         """
         return cls(
-            num_seeds=1,
+            num_seeds=3,
             train_size=1024,
             dev_size=256,
             test_size=512,
@@ -721,10 +720,28 @@ def _write(out_dir, config, summary, curves):
     report.text(
         f"Wall time {summary['wall_seconds'] / 60:.1f} min on {summary['cores']} "
         f"{summary['platform']} cores (1-min load average at the end "
-        f"{summary['load_avg_1min_at_end']:.1f}). Command: `jaxlab run ladder"
-        f"{' --quick' if config == Config.quick() else ''}`."
+        f"{summary['load_avg_1min_at_end']:.1f}). Command: `{_command(config)}`."
     )
     return report.write(summary)
+
+
+def _command(config: Config) -> str:
+    """The ``jaxlab run`` line that rebuilds ``config`` from its nearer preset."""
+    best = None
+    for flag, preset in (("", Config.full()), (" --quick", Config.quick())):
+        sets = [
+            f" --set {f.name}={_set_value(getattr(config, f.name))}"
+            for f in dataclasses.fields(Config)
+            if getattr(config, f.name) != getattr(preset, f.name)
+        ]
+        if best is None or len(sets) < len(best[1]):
+            best = (flag, sets)
+    return "jaxlab run ladder" + best[0] + "".join(best[1])
+
+
+def _set_value(value) -> str:
+    """A Config value as ``--set`` parses it (tuples are comma-separated)."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _steps(config, method, summary):
