@@ -136,23 +136,9 @@ def run(config: Config, out_dir: pathlib.Path) -> dict:
 
     # ------------------------------------------------------------- ε-model
     t0 = time.perf_counter()
-    model = UNet(in_channels=img_shape[-1], channels=config.channels,
-                 channel_mults=config.channel_mults,
-                 num_res_blocks=config.num_res_blocks, num_heads=config.num_heads,
-                 rngs=nnx.Rngs(params=init_key))
-
-    def loss_fn(m, batch, k):
-        return jnp.mean(ddpm.loss(k, lambda xt, t: m(xt, t), sched, batch)), {}
-
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, config.warmup, config.steps,
-        end_value=0.02 * config.learning_rate)
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
-    fit = train.fit(
-        fit_key, model, optimizer, loss_fn,
-        data.Batcher(batch_key, x_train, config.batch_size),
-        num_steps=config.steps, workdir=out_dir / "unet", ckpt_every=config.ckpt_every,
-        log_every=max(1, config.steps // 100), desc="ddim unet")
+    fit = train_eps_model((init_key, batch_key, fit_key), config, sched, x_train,
+                          out_dir / "unet", log_every=max(1, config.steps // 100),
+                          desc="ddim unet")
     timings["train"] = time.perf_counter() - t0
     graphdef, state = nnx.split(fit.model)
     fns = _Samplers(graphdef, state, sched, config.sample_batch)
@@ -253,6 +239,42 @@ def run(config: Config, out_dir: pathlib.Path) -> dict:
 # --------------------------------------------------------------------------- #
 # Jitted wrappers around the library samplers (one compile per S and variant)
 # --------------------------------------------------------------------------- #
+
+
+def train_eps_model(keys, config: Config, sched, x_train, workdir, *, log_every: int,
+                    desc: str) -> train.FitResult:
+    """Train this experiment's U-Net ε-model (Ho et al. Eq. 14) with ``train.fit``.
+
+    Adam with global-norm clipping at 1 and warm-up + cosine decay to 2% of
+    ``config.learning_rate``; the sde experiment reuses it for its DDPM ELBO.
+
+    Args:
+        keys: ``(init_key, batch_key, fit_key)``.
+        config: the architecture and optimisation fields (``channels``, ...).
+        sched: the discrete schedule the loss samples t from.
+        x_train: ``[N, H, W, C]`` training images in [-1, 1].
+        workdir: checkpoint folder (resumes from it).
+        log_every: history interval in steps.
+        desc: progress-bar label.
+    """
+    init_key, batch_key, fit_key = keys
+    model = UNet(in_channels=x_train.shape[-1], channels=config.channels,
+                 channel_mults=config.channel_mults,
+                 num_res_blocks=config.num_res_blocks, num_heads=config.num_heads,
+                 rngs=nnx.Rngs(params=init_key))
+
+    def loss_fn(m, batch, k):
+        return jnp.mean(ddpm.loss(k, lambda xt, t: m(xt, t), sched, batch)), {}
+
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, config.warmup, config.steps,
+        end_value=0.02 * config.learning_rate)
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
+    return train.fit(
+        fit_key, model, optimizer, loss_fn,
+        data.Batcher(batch_key, x_train, config.batch_size),
+        num_steps=config.steps, workdir=workdir, ckpt_every=config.ckpt_every,
+        log_every=log_every, desc=desc)
 
 
 class _Samplers:

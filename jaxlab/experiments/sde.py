@@ -279,21 +279,8 @@ def _run_ddpm(key, config, x_train, x_test, workdir, clock):
     dcfg = getattr(ddim_exp.Config, config.ddpm_preset)()
     sched = ddim_exp.SCHEDULES[dcfg.schedule](dcfg.T)
     init_key, batch_key, fit_key, deq_key, elbo_key = jr.split(key, 5)
-    model = UNet(in_channels=x_train.shape[-1], channels=dcfg.channels,
-                 channel_mults=dcfg.channel_mults, num_res_blocks=dcfg.num_res_blocks,
-                 num_heads=dcfg.num_heads, rngs=nnx.Rngs(params=init_key))
-
-    def loss_fn(m, batch, k):
-        return jnp.mean(ddpm.loss(k, lambda xt, t: m(xt, t), sched, batch)), {}
-
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, dcfg.learning_rate, dcfg.warmup, dcfg.steps,
-        end_value=0.02 * dcfg.learning_rate)
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
-    fit = train.fit(
-        fit_key, model, optimizer, loss_fn,
-        data.Batcher(batch_key, x_train, dcfg.batch_size), num_steps=dcfg.steps,
-        workdir=workdir, ckpt_every=dcfg.ckpt_every,
+    fit = ddim_exp.train_eps_model(
+        (init_key, batch_key, fit_key), dcfg, sched, x_train, workdir,
         log_every=max(1, dcfg.steps // 60), desc="ddpm (ddim model)")
     clock.lap("ddpm_train")
     graphdef, state = nnx.split(fit.model)
