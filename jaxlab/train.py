@@ -480,16 +480,28 @@ def _checkpointer():
 
     Every process holds the whole (replicated) state and writes to its own
     output folder, so no cross-process barrier is needed.
+
+    The step folder is created synchronously. With orbax's default (created
+    in the background), each save publishes "directory created" signals in the
+    job-wide key-value store under a key built from a per-process operation
+    counter (``awaitable_signals_contract_1/...``); two processes saving their
+    own copies use the same key, one deletes it while the other still waits,
+    and that process hangs until the 5-minute coordination timeout. We wait
+    for every save to finish anyway (:func:`save_checkpoint`), so the
+    background creation bought nothing.
     """
     import orbax.checkpoint as ocp
 
+    sync_dirs = ocp.options.AsyncOptions(create_directories_asynchronously=False)
     if jax.process_count() == 1:
-        return ocp.StandardCheckpointer()
+        return ocp.StandardCheckpointer(async_options=sync_dirs)
     me = jax.process_index()
     options = ocp.options.MultiprocessingOptions(
         primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"jaxlab{me}"
     )
-    return ocp.StandardCheckpointer(multiprocessing_options=options)
+    return ocp.StandardCheckpointer(
+        async_options=sync_dirs, multiprocessing_options=options
+    )
 
 
 def _pack(state: TrainState) -> list:
