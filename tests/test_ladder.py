@@ -6,6 +6,7 @@ import dataclasses
 import chex
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import optax
 import pytest
@@ -513,6 +514,23 @@ def test_report_command_rebuilds_the_config():
     assert experiments.apply_overrides(quick, ["methods=probe,lst_prune"]) == two
 
 
+def test_later_seeds_repeat_the_same_seeds_of_a_longer_run():
+    from jaxlab.experiments import ladder as exp
+
+    key = jr.key(0)
+    three = exp._seed_keys(key, exp.Config.full())  # seeds 0, 1, 2
+    tail = exp._seed_keys(key, exp.Config(num_seeds=2, first_seed=1))
+    assert [s for s, _ in three] == [0, 1, 2] and [s for s, _ in tail] == [1, 2]
+    for (s, k), (t, m) in zip(three[1:], tail, strict=True):
+        assert s == t
+        np.testing.assert_array_equal(jr.key_data(k), jr.key_data(m))
+    assert not np.array_equal(jr.key_data(three[0][1]), jr.key_data(three[1][1]))
+    extend = dataclasses.replace(exp.Config.full(), num_seeds=2, first_seed=1)
+    assert exp._command(extend) == (
+        "jaxlab run ladder --set num_seeds=2 --set first_seed=1"
+    )
+
+
 @pytest.mark.parametrize(
     "changes, match",
     [
@@ -521,6 +539,7 @@ def test_report_command_rebuilds_the_config():
         ({"methods": ("lst", "full")}, "methods="),
         ({"methods": ("lst_prune", "probe")}, "'probe' must come before"),
         ({"num_seeds": 0}, "num_seeds=0"),
+        ({"first_seed": -1}, "first_seed=-1"),
         ({"fisher_examples": 0}, "fisher_examples=0"),
     ],
 )

@@ -79,8 +79,9 @@ LABELS = {
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    seed: int = 0  # split/subsample seed; training seeds are seed, seed+1, ...
+    seed: int = 0  # split/subsample seed (and the root of the training keys)
     num_seeds: int = 3
+    first_seed: int = 0  # trains seeds first_seed, ..., first_seed + num_seeds - 1
     methods: tuple[str, ...] = ALL_METHODS
     split: tuple[float, ...] = (0.7, 0.1, 0.2)  # train/dev/test movies
     train_size: int = 0  # examples per split after the movie split; 0 = all
@@ -269,6 +270,8 @@ def _validate(config: Config) -> None:
         )
     if config.num_seeds < 1:
         raise ValueError(f"num_seeds={config.num_seeds!r}; must be ≥ 1.")
+    if config.first_seed < 0:
+        raise ValueError(f"first_seed={config.first_seed!r}; must be ≥ 0.")
     for name in ("epochs", "probe_epochs"):
         if not getattr(config, name) > 0:
             raise ValueError(f"{name}={getattr(config, name)!r}; must be > 0.")
@@ -376,11 +379,10 @@ def _run_method(
     )
     show = os.environ.get("JAXLAB_PROGRESS", "1") != "0"
     mesh = parallel.default_mesh()
-    for s in range(config.num_seeds):
-        seed_key = jr.fold_in(train_key, s)
+    for k, (s, seed_key) in enumerate(_seed_keys(train_key, config)):
         model = fresh(method, jr.fold_in(seed_key, 0))
         if lp_ft:  # LP-FT: start from this seed's trained linear-probe head
-            model.head = nnx.merge(*nnx.split(probe_heads[s]))
+            model.head = nnx.merge(*nnx.split(probe_heads[k]))
         if importance is not None:
             peft.init_side_from_backbone(model, importance)
         graphdef, state = train.init_state(model, opt, trainable)
@@ -437,7 +439,7 @@ def _run_method(
             dev_accs.append(peft.accuracy(trained, dev, batch_size=config.eval_batch))
         timer["eval"] += time.process_time() - c0
         step_times.append(statistics.median(times[1:] or times))
-        if s == 0:
+        if k == 0:
             curve = losses
             trainable_pct = ladder.trainable_percentage(
                 state.params, nnx.state(trained.backbone, nnx.Param)
@@ -446,6 +448,7 @@ def _run_method(
 
     summary = {
         "label": LABELS[method],
+        "seeds": [s for s, _ in _seed_keys(train_key, config)],
         "test_acc": accs,
         "test_acc_mean": float(np.mean(accs)),
         "test_acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
@@ -483,6 +486,18 @@ def _run_method(
 
 
 _UNCACHED: dict = {}
+
+
+def _seed_keys(train_key, config) -> list[tuple[int, jax.Array]]:
+    """``(seed, key)`` for each training seed of ``config``.
+
+    Seed ``s`` always trains with ``fold_in(train_key, s)``, so a run with
+    ``first_seed=1, num_seeds=2`` repeats seeds 1 and 2 of a 3-seed run exactly
+    (same initial weights, batch order and dropout) and can be pooled with a
+    1-seed run of seed 0.
+    """
+    seeds = range(config.first_seed, config.first_seed + config.num_seeds)
+    return [(s, jr.fold_in(train_key, s)) for s in seeds]
 
 
 def _uncached_step(method, config, splits, fresh, train_key):
@@ -573,6 +588,8 @@ def _write(out_dir, config, summary, curves):
     report = Report("ladder: Ladder Side-Tuning on MiniLM, Rotten Tomatoes", out_dir)
     methods = summary["methods"]
     sp = summary["split"]
+    first = config.first_seed
+    seeds = ", ".join(map(str, range(first, first + config.num_seeds)))
     report.text(
         f"Backbone: all-MiniLM-L6-v2 (pretrained, 22.7M parameters). Task: Rotten "
         f"Tomatoes fresh/rotten, split **by movie** ({sp['train']['movies']} / "
@@ -588,9 +605,9 @@ def _write(out_dir, config, summary, curves):
         f"{summary['token_lengths_train']['p99']:.0f}, max "
         f"{summary['token_lengths_train']['p100']:.0f}); batch "
         f"{config.batch_size}; Adam with {int(100 * config.warmup)}% linear "
-        f"warm-up then linear decay; {config.num_seeds} seed(s) (mean ± sample "
-        "std). Methods that backpropagate through the backbone start from the "
-        "same seed's trained linear-probe head "
+        f"warm-up then linear decay; {config.num_seeds} seed(s) ({seeds}; mean "
+        "± sample std). Methods that backpropagate through the backbone start "
+        "from the same seed's trained linear-probe head "
         "when `baseline_head='probe'` (LP-FT, Kumar et al., ICLR 2022); LST keeps "
         "its own randomly initialized head and up-sampler. Same budget: every "
         "gradient-trained method (both LSTs, full FT, adapters, LoRA, BitFit) "
