@@ -256,7 +256,23 @@ def train_eps_model(keys, config: Config, sched, x_train, workdir, *, log_every:
         workdir: checkpoint folder (resumes from it).
         log_every: history interval in steps.
         desc: progress-bar label.
+
+    Raises:
+        ValueError: ``x_train`` is not a non-empty ``[N, H, W, C]`` array of
+            finite values in [-1, 1] (the range the schedule's noise assumes).
     """
+    x = np.asarray(x_train)
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise ValueError(
+            f"x_train must be [N, H, W, C] images with N ≥ 1; got shape {x.shape}"
+        )
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"x_train has {np.sum(~np.isfinite(x))} non-finite values")
+    if x.min() < -1.0 or x.max() > 1.0:
+        raise ValueError(
+            "x_train must be scaled to [-1, 1]; got values in "
+            f"[{x.min():g}, {x.max():g}]"
+        )
     init_key, batch_key, fit_key = keys
     model = UNet(in_channels=x_train.shape[-1], channels=config.channels,
                  channel_mults=config.channel_mults,
