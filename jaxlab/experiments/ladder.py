@@ -34,14 +34,15 @@ LST step time 0.39× full FT.
 ``reference/data.md`` §4 quotes a probe of 0.78 on a random snippet split with
 1,536 training examples; split by movie with 1,024 the probe reaches ≈ 0.72.
 Full preset (8,800 training snippets, 64 tokens, 825 steps; 2,640 test
-snippets, one standard error 0.8 points): ``--set
-methods=probe,lst_prune,lst_random`` gave probe 0.756 ± 0.001, LST-prune
-0.794 ± 0.004, LST-random 0.792 ± 0.006 (3 seeds, 1,068 s wall); ``--set
-methods=probe,full --set num_seeds=1`` gave full FT 0.832 (1 seed, 1,133 s).
-At full scale LST beats the probe (+3.7) but is 3.9 points below full FT.
+snippets, one standard error 0.8 points), test accuracy: probe 0.756 ± 0.001,
+LST-prune 0.794 ± 0.004, LST-random 0.792 ± 0.006, full FT 0.829 ± 0.003
+(3 seeds each); adapters 0.816, LoRA 0.812, BitFit 0.806 (seed 0 only). Run in
+four parts pooled by seed (``first_seed``); the commands are in the README.
+At full scale LST beats the probe (+3.7) but is 3.5 points below full FT.
 Runtime: quick 549 s wall, 974 CPU-seconds (user + sys) on an idle 2-core
-CPU; the whole full preset (every method, 3 seeds) ≈ 17,000 CPU-seconds
-(estimated from the per-step CPU costs, not run in one piece).
+CPU; the whole full preset (every method, 3 seeds) ≈ 20,000 CPU-seconds: the
+four parts above measured 12,800 and adapter/LoRA/BitFit seeds 1 and 2 would
+add ≈ 8,900 (not run).
 
 Run: ``jaxlab run ladder --quick``
 """
