@@ -449,7 +449,7 @@ def _run_method(
 
     summary = {
         "label": LABELS[method],
-        "seeds": [s for s, _ in _seed_keys(train_key, config)],
+        "seeds": list(_seeds(config)),
         "test_acc": accs,
         "test_acc_mean": float(np.mean(accs)),
         "test_acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
@@ -489,6 +489,11 @@ def _run_method(
 _UNCACHED: dict = {}
 
 
+def _seeds(config) -> range:
+    """The training seeds of ``config``: first_seed, ..., first_seed + num_seeds - 1."""
+    return range(config.first_seed, config.first_seed + config.num_seeds)
+
+
 def _seed_keys(train_key, config) -> list[tuple[int, jax.Array]]:
     """``(seed, key)`` for each training seed of ``config``.
 
@@ -497,8 +502,7 @@ def _seed_keys(train_key, config) -> list[tuple[int, jax.Array]]:
     (same initial weights, batch order and dropout) and can be pooled with a
     1-seed run of seed 0.
     """
-    seeds = range(config.first_seed, config.first_seed + config.num_seeds)
-    return [(s, jr.fold_in(train_key, s)) for s in seeds]
+    return [(s, jr.fold_in(train_key, s)) for s in _seeds(config)]
 
 
 def _uncached_step(method, config, splits, fresh, train_key):
@@ -589,8 +593,7 @@ def _write(out_dir, config, summary, curves):
     report = Report("ladder: Ladder Side-Tuning on MiniLM, Rotten Tomatoes", out_dir)
     methods = summary["methods"]
     sp = summary["split"]
-    first = config.first_seed
-    seeds = ", ".join(map(str, range(first, first + config.num_seeds)))
+    seeds = ", ".join(map(str, _seeds(config)))
     report.text(
         f"Backbone: all-MiniLM-L6-v2 (pretrained, 22.7M parameters). Task: Rotten "
         f"Tomatoes fresh/rotten, split **by movie** ({sp['train']['movies']} / "
